@@ -1,0 +1,1 @@
+"""Rules as code: compiles conditions and actions into plain callables for the node."""

@@ -1,0 +1,412 @@
+"""The client side of the node: one HTTP/1.1 connection, parsed strictly, answered in order.
+
+llhttp (through httptools) refuses malformed framing; this module adds what it lets through
+(transfer codings other than chunked, missing or repeated Host, HTTP/0.9 and 2.0 on this
+port, oversized heads) so nothing ambiguous is forwarded. Requests are dispatched only after
+a whole `feed_data` succeeded; pipelined ones wait in a queue with reading paused, so memory
+stays bounded. Routing and upstream work belong to `exchange.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import deque
+from time import monotonic
+from typing import TYPE_CHECKING
+
+import httptools
+
+from ..lang.compile import LocalResponse
+from .exchange import Exchange
+from .request import Request
+from .wire import (
+    CONNECTION,
+    EXPECT,
+    FORWARDED_FOR,
+    HOST,
+    LENGTH,
+    REQUEST_ID,
+    TRANSFER,
+    connection_tokens,
+    error_response,
+    header_class,
+    serialize_local,
+)
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+BLOCK_PIPELINE = 1   # a request is queued behind the one being answered
+BLOCK_BODY = 2       # a body is buffering while its upstream connection opens
+BLOCK_UPSTREAM = 4   # the upstream is not taking the body as fast as it arrives
+BODY_BUFFER_LIMIT = 256 * 1024
+
+_HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?$")
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,200}$")
+_METHODS: dict[bytes, str] = {}
+
+
+class RequestRejected(Exception):
+    def __init__(self, status: int, cause: str):
+        super().__init__(cause)
+        self.status = status
+        self.cause = cause
+
+
+class Rejection:
+    """A queued answer to a request the node refused; the connection closes after it."""
+
+    __slots__ = ("status", "cause")
+
+    def __init__(self, status: int, cause: str):
+        self.status = status
+        self.cause = cause
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
+        "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_bytes",
+        "dispatching", "write_paused", "dropped_hop", "rejected",
+    )
+
+    def __init__(self, worker: Worker, port: int):
+        self.worker = worker
+        self.port = port
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer_ip = b""
+        self.current: Request | None = None
+        self.queue: deque[Request | Rejection] = deque()
+        self.active: Exchange | None = None
+        self.served = 0
+        self.blocks = 0
+        self.deadline = 0.0
+        self.write_deadline = 0.0
+        self.closing = False
+        self.in_head = False
+        self.head_bytes = 0
+        self.dispatching = False
+        self.write_paused = False
+        self.dropped_hop: list[bytes] | None = None
+        self.rejected = False
+
+    # --- transport events -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = peer[0].encode() if peer else b""
+        self.worker.connections.add(self)
+        self.deadline = monotonic() + self.worker.runtime.limits.client_header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.worker.connections.discard(self)
+        if self.active is not None:
+            self.active.client_gone()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.rejected:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self.upgraded(data, upgrade)
+        except httptools.HttpParserCallbackError as error:
+            rejected = error.__context__
+            if not isinstance(rejected, RequestRejected):
+                raise
+            self.reject(rejected.status, rejected.cause)
+        except httptools.HttpParserError as error:
+            self.reject(400, f"malformed request: {error}")
+        else:
+            if self.in_head:
+                self.head_bytes += len(data)
+                if self.head_bytes > self.worker.runtime.limits.max_header_size:
+                    self.reject(431, "request head larger than the node accepts")
+        if self.active is None and self.queue:
+            self.dispatch()
+
+    def upgraded(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
+        request = self.queue[-1] if self.queue else None
+        if isinstance(request, Request) and request.method == "CONNECT":
+            self.queue.pop()
+            self.reject(405, "CONNECT is not supported by this listener")
+            return
+        # Upgrade was stripped as hop-by-hop, so the request went on as a plain one; the
+        # bytes after it are the next request for a parser that starts afresh.
+        self.parser = httptools.HttpRequestParser(self)
+        rest = data[upgrade.args[0]:] if upgrade.args else b""
+        if rest:
+            self.data_received(rest)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.write_deadline = monotonic() + self.worker.runtime.limits.send_timeout
+        active = self.active
+        if active is not None and active.conn is not None:
+            active.conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.write_deadline = 0.0
+        active = self.active
+        if active is not None and active.conn is not None and not active.conn.closed:
+            active.conn.transport.resume_reading()
+
+    # --- parser callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        request = Request()
+        request.start = monotonic()
+        request.port = self.port
+        self.current = request
+        self.in_head = True
+        self.head_bytes = 0
+        self.dropped_hop = None
+        self.deadline = request.start + self.worker.runtime.limits.client_header_timeout
+
+    def on_url(self, url: bytes) -> None:
+        self.current.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        request = self.current
+        if not self.in_head:
+            if request.trailers is None:
+                request.trailers = []
+            request.trailers.append((name, value))
+            return
+        self.head_bytes += len(name) + len(value) + 4
+        cls = header_class(name)
+        if not cls:
+            request.headers.append((name, value))
+            return
+        value = value.rstrip(b" \t")
+        if cls == HOST:
+            if request.host_header is not None:
+                raise RequestRejected(400, "more than one Host header")
+            request.host_header = value
+        elif cls == TRANSFER:
+            if value.lower() != b"chunked":
+                raise RequestRejected(400, f"unsupported transfer coding {value.decode('latin-1')!r}; only chunked is accepted")
+            request.chunked = True
+        elif cls == LENGTH:
+            request.content_length = int(value)
+        elif cls == EXPECT:
+            if value.lower() != b"100-continue":
+                raise RequestRejected(417, f"unsupported expectation {value.decode('latin-1')!r}")
+            request.expect_continue = True
+        elif cls == FORWARDED_FOR:
+            previous = request.forwarded_for
+            request.forwarded_for = previous + b", " + value if previous else value
+        elif cls == REQUEST_ID:
+            if _REQUEST_ID.match(value):
+                request.request_id = value
+        elif cls == CONNECTION:
+            extra = [t for t in connection_tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")]
+            if extra:
+                self.dropped_hop = (self.dropped_hop or []) + extra
+        # Other classes (hop-by-hop, X-Forwarded-Proto/-Host) are dropped: the node sets its own.
+
+    def on_headers_complete(self) -> None:
+        request = self.current
+        parser = self.parser
+        limits = self.worker.runtime.limits
+        self.in_head = False
+        if self.head_bytes > limits.max_header_size:
+            raise RequestRejected(431, f"request head of {self.head_bytes} bytes exceeds {limits.max_header_size}")
+        version = parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            raise RequestRejected(505 if version >= "2" else 400, f"HTTP/{version} is not accepted on this port")
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = _METHODS.setdefault(raw_method, raw_method.decode("ascii"))
+        request.version = version
+        request.method = method
+        request.method_bytes = raw_method
+        request.keep_alive = parser.should_keep_alive()
+        request.client_ip = self.peer_ip.decode()
+        self.resolve_target(request)
+        if self.dropped_hop:
+            dropped = self.dropped_hop
+            request.headers = [h for h in request.headers if h[0].lower() not in dropped]
+        if not request.request_id:
+            request.request_id = self.worker.next_request_id()
+        max_body = limits.max_body_size
+        if max_body and request.content_length > max_body:
+            raise RequestRejected(413, f"request body of {request.content_length} bytes exceeds {max_body}")
+        if request.chunked or request.content_length > 0:
+            self.deadline = monotonic() + limits.client_body_timeout
+        else:
+            self.deadline = 0.0
+        self.queue.append(request)
+        if self.active is not None:
+            self.block(BLOCK_PIPELINE)
+
+    def resolve_target(self, request: Request) -> None:
+        target = request.target
+        if target[:1] != b"/":
+            if target == b"*" and request.method == "OPTIONS":
+                pass
+            elif target[:7].lower() == b"http://" or target[:8].lower() == b"https://":
+                try:
+                    url = httptools.parse_url(target)
+                except httptools.HttpParserInvalidURLError:
+                    raise RequestRejected(400, "invalid absolute request target") from None
+                authority = url.host + (b":%d" % url.port if url.port else b"")
+                request.host_header = authority  # absolute-form wins over Host (RFC 9112 §3.2.2)
+                target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+                request.target = target
+            elif request.method != "CONNECT":
+                raise RequestRejected(400, "request target must start with '/'")
+        host = request.host_header
+        if host is None:
+            if request.version == "1.1":
+                raise RequestRejected(400, "HTTP/1.1 request without a Host header")
+            request.host_header = b""
+            host = b""
+        elif not _HOST.match(host):
+            raise RequestRejected(400, "invalid Host header")
+        hostname = host.decode("latin-1").lower()
+        if hostname.startswith("["):
+            hostname = hostname[: hostname.find("]") + 1]
+        else:
+            hostname = hostname.partition(":")[0]
+        request.host = hostname.rstrip(".")
+        cut = target.find(b"?")
+        if cut < 0:
+            request.uri_path = target.decode("latin-1")
+        else:
+            request.uri_path = target[:cut].decode("latin-1")
+            request.query = target[cut + 1:].decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        request = self.current
+        request.body_size += len(body)
+        max_body = self.worker.runtime.limits.max_body_size
+        if max_body and request.body_size > max_body:
+            raise RequestRejected(413, f"request body exceeds {max_body} bytes")
+        self.deadline = monotonic() + self.worker.runtime.limits.client_body_timeout
+        exchange = request.exchange
+        if exchange is not None:
+            exchange.request_body(body)
+        elif request.body is not None:
+            request.body.append(body)
+            if request.body_size > BODY_BUFFER_LIMIT:
+                self.block(BLOCK_BODY)
+
+    def on_message_complete(self) -> None:
+        request = self.current
+        self.current = None
+        request.complete = True
+        self.deadline = 0.0
+        if request.exchange is not None:
+            request.exchange.request_complete()
+
+    # --- answering, in order ----------------------------------------------------------
+
+    def dispatch(self) -> None:
+        if self.dispatching:
+            return
+        self.dispatching = True
+        try:
+            while self.active is None and self.queue and not self.closing:
+                item = self.queue.popleft()
+                if not self.queue:
+                    self.unblock(BLOCK_PIPELINE)
+                if isinstance(item, Rejection):
+                    self.write_rejection(item)
+                    return
+                self.active = Exchange(self, item, self.worker.runtime)
+                self.active.start()
+        finally:
+            self.dispatching = False
+        if self.active is None and self.current is None and not self.queue and not self.closing:
+            self.deadline = monotonic() + self.worker.runtime.limits.keepalive_timeout
+
+    def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
+        self.active = None
+        self.served += 1
+        if not keep_alive:
+            self.close()
+            return
+        self.dispatch()
+
+    def may_keep_alive(self, request: Request) -> bool:
+        return (request.keep_alive and not self.worker.draining and not self.closing
+                and self.served + 1 < self.worker.runtime.limits.keepalive_requests)
+
+    # --- refusing -----------------------------------------------------------------------
+
+    def reject(self, status: int, cause: str) -> None:
+        """Answer a bad request after those before it, then close; read nothing more."""
+        self.block(BLOCK_PIPELINE)
+        self.in_head = False
+        current, self.current = self.current, None
+        self.rejected = True  # parse nothing more from this client
+        if current is not None and self.active is not None and self.active.request is current:
+            self.active.abandon(status, cause)
+            return
+        if current is not None and current in self.queue:
+            self.queue.remove(current)
+        self.queue.append(Rejection(status, cause))
+
+    def write_rejection(self, rejection: Rejection) -> None:
+        response: LocalResponse = error_response(rejection.status, rejection.cause)
+        self.write(serialize_local(response, [], False, False, False))
+        self.worker.log_rejection(self, rejection)
+        self.close()
+
+    # --- flow control, deadlines and the transport --------------------------------------
+
+    def block(self, reason: int) -> None:
+        if not self.blocks and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+        self.blocks |= reason
+
+    def unblock(self, reason: int) -> None:
+        if self.blocks & reason:
+            self.blocks &= ~reason
+            if not self.blocks and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def unblock_body(self) -> None:
+        self.unblock(BLOCK_BODY)
+
+    def block_upstream_full(self, full: bool) -> None:
+        if full:
+            self.block(BLOCK_UPSTREAM)
+        else:
+            self.unblock(BLOCK_UPSTREAM)
+
+    def check_deadline(self, now: float) -> None:
+        if self.write_deadline and now >= self.write_deadline:
+            self.abort()
+            return
+        if not self.deadline or now < self.deadline:
+            return
+        self.deadline = 0.0
+        limits = self.worker.runtime.limits
+        if self.current is None and self.active is None and not self.queue:
+            self.close()
+        elif self.in_head:
+            self.reject(408, f"request headers not received within {limits.client_header_timeout:g}s")
+            self.dispatch()
+        elif self.current is not None:
+            self.reject(408, f"request body stalled for {limits.client_body_timeout:g}s")
+            self.dispatch()
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        self.transport.abort()

@@ -1,0 +1,432 @@
+"""One request's way through the node: app lookup → rules → upstream → response → log.
+
+The exchange owns the decisions of the proxy phase: which endpoint, when to try another
+(connect failures; a reused connection that died before answering, for idempotent
+requests with a replayable body), and how failures map to 502/503/504. It streams bodies
+both ways without buffering them and holds the runtime it started with until it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic, time
+from typing import TYPE_CHECKING
+
+from ..lang.compile import LocalResponse
+from .upstream import UpstreamConnection
+from .wire import (
+    CONNECTION,
+    LENGTH,
+    RESPONSE_CLASSES,
+    TRANSFER,
+    apply_header_ops,
+    connection_header,
+    connection_tokens,
+    error_response,
+    header_class,
+    serialize_local,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from .client import ClientConnection
+    from .endpoints import Endpoint
+    from .request import Request
+    from .runtime import Runtime, UpstreamRuntime
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are kept for the one safe retry
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Exchange:
+    __slots__ = (
+        "client", "request", "runtime", "app", "rule", "upstream", "endpoint", "conn", "ops",
+        "tried", "reused", "retried", "replay", "replay_size", "pending_head", "head_sent",
+        "final_head", "status", "chunk_out", "until_close", "head_only", "keep_client",
+        "bytes_out", "done", "started", "wall", "connected_at", "sent_at", "upstream_status",
+        "error", "continue_sent", "last_error", "timed_out", "upstream_keep",
+    )
+
+    def __init__(self, client: ClientConnection, request: Request, runtime: Runtime):
+        self.client = client
+        self.request = request
+        self.runtime = runtime
+        self.app = None
+        self.rule = -1
+        self.upstream: UpstreamRuntime | None = None
+        self.endpoint: Endpoint | None = None
+        self.conn: UpstreamConnection | None = None
+        self.ops: list = []
+        self.tried: tuple = ()
+        self.reused = False
+        self.retried = False
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.pending_head: bytes | None = None
+        self.head_sent = False
+        self.final_head = False
+        self.status = 0
+        self.chunk_out = False
+        self.until_close = False
+        self.head_only = False
+        self.keep_client = True
+        self.bytes_out = 0
+        self.done = False
+        self.started = request.start
+        self.wall = time()
+        self.connected_at = 0.0
+        self.sent_at = 0.0
+        self.upstream_status = 0
+        self.error = ""
+        self.continue_sent = False
+        self.last_error = ""
+        self.timed_out = False
+        self.upstream_keep = False
+
+    # --- route phase ------------------------------------------------------------------
+
+    def start(self) -> None:
+        request = self.request
+        app = self.runtime.lookup(self.client.port, request.host)
+        if app is None:
+            self.fail_local(404, f"no application serves host {request.host!r} on port {self.client.port}")
+            return
+        self.app = app
+        self.rule, outcome = app.route(request, self.ops)
+        if outcome is None:
+            self.fail_local(404, f"no rule of application {app.name!r} routes this request")
+        elif isinstance(outcome, LocalResponse):
+            self.respond(outcome)
+        else:
+            self.upstream = outcome
+            self.connect()
+
+    # --- local responses --------------------------------------------------------------
+
+    def fail_local(self, status: int, cause: str) -> None:
+        self.error = cause
+        self.respond(error_response(status, cause, self.request.request_id))
+
+    def respond(self, response: LocalResponse, close: bool = False) -> None:
+        request = self.request
+        keep = not close and request.complete and self.client.may_keep_alive(request)
+        data = serialize_local(response, self.ops, request.method == "HEAD", keep, request.version == "1.0")
+        self.status = response.status
+        self.bytes_out = len(data)
+        self.head_sent = True
+        self.client.write(data)
+        self.finish(keep)
+
+    # --- connecting -------------------------------------------------------------------
+
+    def connect(self) -> None:
+        upstream = self.upstream
+        endpoint = upstream.balancer.pick(self.request, monotonic(), self.tried)
+        if endpoint is None:
+            if self.tried:
+                status = 504 if self.timed_out else 502
+                self.fail_local(status, f"could not connect to upstream {upstream.name!r}: {self.last_error}")
+            else:
+                self.fail_local(503, f"no available server in upstream {upstream.name!r}")
+            return
+        self.endpoint = endpoint
+        connection = endpoint.take_idle()
+        if connection is not None:
+            self.attach(connection, reused=True)
+        else:
+            self.client.worker.spawn(self.open(endpoint))
+
+    async def open(self, endpoint: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        timeout = self.upstream.timeouts.connect
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.address, endpoint.port),
+                timeout or None)
+        except (TimeoutError, OSError) as error:
+            timed_out = isinstance(error, asyncio.TimeoutError)
+            endpoint.failed(monotonic())
+            if self.done:
+                return
+            self.timed_out = timed_out
+            self.last_error = (f"{endpoint.label}: connect timed out after {timeout:g}s" if timed_out
+                               else f"{endpoint.label}: {error.strerror or error}")
+            self.tried += (endpoint,)
+            self.connect()
+            return
+        endpoint.connects += 1
+        if self.done:
+            endpoint.give_back(connection, monotonic())
+            return
+        self.attach(connection, reused=False)
+
+    def attach(self, connection: UpstreamConnection, reused: bool) -> None:
+        request, endpoint = self.request, self.endpoint
+        self.conn = connection
+        self.reused = reused
+        connection.exchange = self
+        connection.received = False
+        endpoint.active += 1
+        endpoint.requests += 1
+        self.client.worker.busy.add(connection)
+        now = monotonic()
+        self.connected_at = now
+        parts = [self.request_head()]
+        body = request.body
+        if body:
+            for chunk in body:
+                parts.append(self.encode_body(chunk))
+            self.remember(body)
+        request.body = None
+        if request.complete:
+            parts.append(self.body_end())
+            self.sent_at = now
+            connection.deadline = now + self.upstream.timeouts.read
+        else:
+            request.exchange = self
+            if request.expect_continue and not body and not self.continue_sent:
+                self.continue_sent = True
+                self.client.write(CONTINUE)
+            self.client.unblock_body()
+        connection.write(b"".join(parts))
+
+    def request_head(self) -> bytes:
+        request, upstream = self.request, self.upstream
+        parts = [request.method_bytes, b" ", request.target, b" HTTP/1.1\r\nHost: ",
+                 upstream.host_header or request.host_header or self.endpoint.label.encode(),
+                 b"\r\n"]
+        for name, value in request.headers:
+            parts += (name, b": ", value, b"\r\n")
+        client_ip = self.client.peer_ip
+        parts += (b"X-Forwarded-For: ", request.forwarded_for + b", " + client_ip if request.forwarded_for
+                  else client_ip, b"\r\nX-Forwarded-Proto: ", request.scheme_bytes,
+                  b"\r\nX-Forwarded-Host: ", request.host_header, b"\r\nX-Request-Id: ",
+                  request.request_id, b"\r\n")
+        if request.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+        elif request.content_length >= 0:
+            parts.append(b"Content-Length: %d\r\n\r\n" % request.content_length)
+        else:
+            parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def encode_body(self, chunk: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.request.chunked else chunk
+
+    def body_end(self) -> bytes:
+        request = self.request
+        if not request.chunked:
+            return b""
+        trailers = b"".join(b"%s: %s\r\n" % pair for pair in request.trailers or ())
+        return b"0\r\n" + trailers + b"\r\n"
+
+    def remember(self, chunks: list[bytes]) -> None:
+        if self.replay is None:
+            return
+        self.replay_size += sum(len(c) for c in chunks)
+        if self.replay_size > REPLAY_LIMIT:
+            self.replay = None
+        else:
+            self.replay.extend(chunks)
+
+    # --- request body, streamed by the client connection -------------------------------
+
+    def request_body(self, chunk: bytes) -> None:
+        self.remember([chunk])
+        if self.conn is not None:
+            self.conn.write(self.encode_body(chunk))
+
+    def request_complete(self) -> None:
+        connection = self.conn
+        if connection is None:
+            return
+        end = self.body_end()
+        if end:
+            connection.write(end)
+        self.sent_at = monotonic()
+        if not self.final_head:
+            connection.deadline = self.sent_at + self.upstream.timeouts.read
+
+    # --- response, from the upstream connection ---------------------------------------
+
+    def upstream_data_arrived(self, connection: UpstreamConnection) -> None:
+        if self.sent_at:
+            connection.deadline = monotonic() + self.upstream.timeouts.read
+
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        request = self.request
+        if status < 200:
+            self.relay_interim(status, reason, headers)
+            return
+        self.final_head = True
+        self.status = self.upstream_status = status
+        length = None
+        chunked = False
+        dropped: list[bytes] = []
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in headers:
+            cls = header_class(name)
+            if cls not in RESPONSE_CLASSES:
+                kept.append((name, value))
+            elif cls == LENGTH:
+                length = value
+                kept.append((name, value))
+            elif cls == TRANSFER:
+                chunked = True
+            elif cls == CONNECTION:
+                dropped += [t for t in connection_tokens(value) if t not in (b"close", b"keep-alive")]
+        if dropped:
+            kept = [h for h in kept if h[0].lower() not in dropped]
+        if self.ops:
+            kept = apply_header_ops(kept, self.ops)
+        http10 = request.version == "1.0"
+        keep = self.client.may_keep_alive(request) and request.complete
+        self.head_only = request.method == "HEAD" or status in (204, 304)
+        parts = [status_line(status, reason)]
+        for name, value in kept:
+            parts += (name, b": ", value, b"\r\n")
+        if not self.head_only and length is None:
+            self.until_close = not chunked
+            if http10:
+                keep = False
+            else:
+                self.chunk_out = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+        self.keep_client = keep
+        parts.append(connection_header(keep, http10))
+        parts.append(b"\r\n")
+        self.pending_head = b"".join(parts)
+        if request.method == "HEAD":
+            # httptools cannot be told this response has no body; end it here.
+            connection = self.conn
+            keep_upstream = connection.parser.should_keep_alive()
+            connection.restart_parser()
+            self.response_complete(keep_upstream)
+
+    def relay_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        if status == 101 or self.request.version == "1.0" or (status == 100 and self.continue_sent):
+            return
+        if status == 100:
+            self.continue_sent = True
+        parts = [status_line(status, reason)]
+        for name, value in headers:
+            if header_class(name) not in RESPONSE_CLASSES:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        self.client.write(b"".join(parts))
+
+    def response_body(self, chunk: bytes) -> None:
+        if self.head_only:
+            return
+        data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunk_out else chunk
+        if self.pending_head is not None:
+            data = self.pending_head + data
+            self.pending_head = None
+            self.head_sent = True
+        self.bytes_out += len(data)
+        self.client.write(data)
+
+    def response_complete(self, keep_upstream: bool) -> None:
+        if not self.final_head:
+            return  # the end of an interim (1xx) response
+        tail = b"0\r\n\r\n" if self.chunk_out else b""
+        if self.pending_head is not None:
+            tail = self.pending_head + tail
+            self.pending_head = None
+            self.head_sent = True
+        if tail:
+            self.bytes_out += len(tail)
+            self.client.write(tail)
+        self.upstream_keep = keep_upstream and self.request.complete and not self.until_close
+        self.release()
+        self.finish(self.keep_client)
+
+    # --- failures ---------------------------------------------------------------------
+
+    def upstream_lost(self, connection: UpstreamConnection, exc: Exception | None) -> None:
+        if self.final_head and self.until_close:
+            self.response_complete(False)
+            return
+        request = self.request
+        if (not connection.received and self.reused and not self.retried and self.replay is not None
+                and request.method in IDEMPOTENT and (request.complete or request.body is None)):
+            self.retry_fresh()
+            return
+        cause = "upstream closed the connection mid-response" if self.final_head else \
+            "upstream closed the connection before responding"
+        self.upstream_failed(cause, 502)
+
+    def retry_fresh(self) -> None:
+        """A pooled connection died before answering: send the same request once more, fresh."""
+        self.retried = True
+        self.release(close=True)
+        request = self.request
+        request.body = list(self.replay or ())
+        request.exchange = None
+        self.replay, self.replay_size = [], 0
+        self.client.worker.spawn(self.open(self.endpoint))
+
+    def upstream_timeout(self) -> None:
+        read = self.upstream.timeouts.read
+        self.endpoint.failed(monotonic())
+        self.upstream_failed(f"upstream {self.endpoint.label} did not answer within {read:g}s", 504)
+
+    def upstream_failed(self, cause: str, status: int) -> None:
+        self.abandon(status, cause)
+
+    def abandon(self, status: int, cause: str) -> None:
+        """Stop the upstream side; answer `status` if the response has not begun, else cut it."""
+        self.error = cause
+        self.release(close=True)
+        if self.done:
+            return
+        if self.head_sent:
+            self.client.abort()
+            self.finish(False)
+        else:
+            self.pending_head = None
+            self.respond(error_response(status, cause, self.request.request_id), close=not self.request.complete)
+
+    def upstream_paused(self, paused: bool) -> None:
+        self.client.block_upstream_full(paused)
+        if self.conn is not None:
+            self.conn.deadline = monotonic() + self.upstream.timeouts.send if paused else 0.0
+
+    def client_gone(self) -> None:
+        """The client closed its connection before the exchange ended."""
+        if self.done:
+            return
+        self.error = self.error or "client closed the connection"
+        if not self.head_sent:
+            self.status = 499
+        self.release(close=True)
+        self.finish(False)
+
+    # --- the end ----------------------------------------------------------------------
+
+    def release(self, close: bool = False) -> None:
+        connection = self.conn
+        if connection is None:
+            return
+        self.conn = None
+        endpoint = self.endpoint
+        endpoint.active -= 1
+        self.client.worker.busy.discard(connection)
+        connection.detach()
+        now = monotonic()
+        if close or not self.upstream_keep:
+            connection.close()
+        else:
+            endpoint.give_back(connection, now)
+        if not close and self.sent_at:
+            endpoint.succeeded()
+            endpoint.observe_latency(now - self.sent_at)
+
+    def finish(self, keep_alive: bool) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.request.exchange = None
+        self.client.worker.observe(self)
+        self.client.exchange_finished(self, keep_alive)

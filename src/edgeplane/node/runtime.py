@@ -1,0 +1,120 @@
+"""Compile a validated `Config` into an immutable `Runtime`: what a worker serves with.
+
+Everything a request needs is prepared here once per config version: host tables per
+port (exact names in a dict, wildcards by suffix), each application's compiled rule
+chain, and each upstream's balancer over endpoints that outlive the runtime. A request
+holds the runtime it started with, so a swap never changes a request in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from ..lang.compile import compile_rules
+from ..model.config import AccessLog, Config, Limits, UpstreamTimeouts
+from ..model.load import dump
+from .balance import Balancer, make_balancer
+from .endpoints import EndpointRegistry
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRuntime:
+    name: str
+    balancer: Balancer
+    timeouts: UpstreamTimeouts
+    host_header: bytes | None
+    keys: frozenset
+
+
+@dataclass(frozen=True, slots=True)
+class AppRuntime:
+    name: str
+    route: object
+
+
+class HostTable:
+    """Host → application for one port: exact hit, then longest wildcard suffix, then `*`."""
+
+    __slots__ = ("exact", "wildcards", "default")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, AppRuntime] = {}
+        self.wildcards: dict[str, AppRuntime] = {}
+        self.default: AppRuntime | None = None
+
+    def add(self, domain: str, app: AppRuntime) -> None:
+        if domain == "*":
+            self.default = app
+        elif domain.startswith("*."):
+            self.wildcards[domain[1:]] = app
+        else:
+            self.exact[domain] = app
+
+    def lookup(self, host: str) -> AppRuntime | None:
+        app = self.exact.get(host)
+        if app is not None:
+            return app
+        if self.wildcards:
+            dot = host.find(".")
+            while dot >= 0:
+                app = self.wildcards.get(host[dot:])
+                if app is not None:
+                    return app
+                dot = host.find(".", dot + 1)
+        return self.default
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    version: str
+    config: Config
+    limits: Limits
+    access_log: AccessLog
+    ports: dict[int, HostTable]
+    upstreams: dict[str, UpstreamRuntime]
+
+    def lookup(self, port: int, host: str) -> AppRuntime | None:
+        table = self.ports.get(port)
+        return table.lookup(host) if table is not None else None
+
+
+def config_version(config: Config) -> str:
+    return hashlib.sha256(dump(config, "json").encode()).hexdigest()[:12]
+
+
+def compile_runtime(config: Config, registry: EndpointRegistry, partition: str = "default") -> Runtime:
+    upstreams: dict[str, UpstreamRuntime] = {}
+    for upstream in config.upstreams:
+        primaries, backups = [], []
+        for server in upstream.servers:
+            endpoint = registry.get(upstream.name, server, upstream.pool)
+            (backups if server.backup else primaries).append((endpoint, server.weight))
+        upstreams[upstream.name] = UpstreamRuntime(
+            name=upstream.name,
+            balancer=make_balancer(upstream.balance, primaries, backups, upstream.hash_key),
+            timeouts=upstream.timeouts,
+            host_header=upstream.host.encode("latin-1") if upstream.host else None,
+            keys=frozenset(e.key for e, _ in primaries + backups),
+        )
+    ports: dict[int, HostTable] = {}
+    for app in config.applications:
+        if partition not in app.partitions:
+            continue
+        compiled = AppRuntime(app.name, compile_rules(app.rules, upstreams))
+        for port in app.ports:
+            table = ports.setdefault(port, HostTable())
+            for domain in app.domains:
+                table.add(domain, compiled)
+    return Runtime(
+        version=config_version(config),
+        config=config,
+        limits=config.settings.limits,
+        access_log=config.settings.access_log,
+        ports=ports,
+        upstreams=upstreams,
+    )
+
+
+def endpoint_keys(runtime: Runtime) -> set:
+    return set().union(*(u.keys for u in runtime.upstreams.values())) if runtime.upstreams else set()

@@ -1,0 +1,145 @@
+"""Per-worker telemetry: request counters, upstream latency histograms, the access log.
+
+Recording costs a dict increment and a tuple append on the request path; formatting and
+writing happen later, in batches, off the loop's critical path. When the access log falls
+behind, records are dropped and counted rather than traffic slowed. Merging workers and
+rendering Prometheus text is done by the master from `snapshot()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import sys
+from typing import IO
+
+import orjson
+
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+LOG_FIELDS = (
+    "time", "request_id", "client", "method", "host", "uri", "status", "bytes_in", "bytes_out",
+    "application", "rule", "upstream", "upstream_addr", "upstream_status", "duration_ms",
+    "connect_ms", "upstream_ms", "error", "worker", "config_version",
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str], int] = {}
+        self.latency: dict[str, list] = {}   # upstream → [bucket counts..., sum, count]
+
+    def record(self, application: str, status: int, upstream: str | None, seconds: float) -> None:
+        key = (application, STATUS_CLASSES[min(max(status // 100, 1), 5) - 1])
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if upstream is not None:
+            series = self.latency.get(upstream)
+            if series is None:
+                series = self.latency[upstream] = [0] * (len(BUCKETS) + 1) + [0.0, 0]
+            series[bisect.bisect_left(BUCKETS, seconds)] += 1
+            series[-2] += seconds
+            series[-1] += 1
+
+    def snapshot(self) -> dict:
+        return {
+            "requests": [[app, cls, n] for (app, cls), n in self.requests.items()],
+            "latency": {name: list(series) for name, series in self.latency.items()},
+        }
+
+
+def merge(snapshots: list[dict]) -> dict:
+    requests: dict[tuple[str, str], int] = {}
+    latency: dict[str, list] = {}
+    for snap in snapshots:
+        for app, cls, n in snap["requests"]:
+            requests[(app, cls)] = requests.get((app, cls), 0) + n
+        for name, series in snap["latency"].items():
+            into = latency.setdefault(name, [0] * len(series))
+            for i, value in enumerate(series):
+                into[i] += value
+    return {"requests": requests, "latency": latency}
+
+
+def render_prometheus(merged: dict, gauges: dict[str, float], versions: list[str], dropped: int) -> str:
+    lines = ["# HELP edgeplane_requests_total Requests answered, by application and status class.",
+             "# TYPE edgeplane_requests_total counter"]
+    for (app, cls), n in sorted(merged["requests"].items()):
+        lines.append(f'edgeplane_requests_total{{application="{_label(app)}",status_class="{cls}"}} {n}')
+    lines += ["# HELP edgeplane_upstream_response_seconds Time from request sent to response end.",
+              "# TYPE edgeplane_upstream_response_seconds histogram"]
+    for name, series in sorted(merged["latency"].items()):
+        cumulative = 0
+        for bound, count in zip((*BUCKETS, float("inf")), series[: len(BUCKETS) + 1]):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            lines.append(f'edgeplane_upstream_response_seconds_bucket{{upstream="{_label(name)}",le="{le}"}} {cumulative}')
+        lines.append(f'edgeplane_upstream_response_seconds_sum{{upstream="{_label(name)}"}} {series[-2]}')
+        lines.append(f'edgeplane_upstream_response_seconds_count{{upstream="{_label(name)}"}} {series[-1]}')
+    for name, value in gauges.items():
+        lines += [f"# TYPE edgeplane_{name} gauge", f"edgeplane_{name} {value}"]
+    lines += ["# HELP edgeplane_config_info Config version each worker serves.",
+              "# TYPE edgeplane_config_info gauge"]
+    for index, version in enumerate(versions):
+        lines.append(f'edgeplane_config_info{{worker="{index}",version="{version}"}} 1')
+    lines += ["# HELP edgeplane_access_log_dropped_total Access-log records dropped under back-pressure.",
+              "# TYPE edgeplane_access_log_dropped_total counter", f"edgeplane_access_log_dropped_total {dropped}"]
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class AccessLog:
+    """Batches records and writes JSON lines from a thread, one write per batch."""
+
+    def __init__(self, target: str | None, max_pending: int = 50_000):
+        self.target = target
+        self.pending: list[tuple] = []
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.written = 0
+        self.writing = False
+        self.stream: IO[bytes] | None = None
+        if target == "-":
+            self.stream = sys.stdout.buffer
+        elif target:
+            self.fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.target)
+
+    def append(self, record: tuple) -> None:
+        if len(self.pending) >= self.max_pending:
+            self.dropped += 1
+        else:
+            self.pending.append(record)
+
+    async def flush(self) -> None:
+        if not self.pending or self.writing:
+            return
+        batch, self.pending = self.pending, []
+        self.writing = True
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, self._write, batch)
+        finally:
+            self.writing = False
+
+    def _write(self, batch: list[tuple]) -> None:
+        data = b"".join(orjson.dumps(dict(zip(LOG_FIELDS, record))) + b"\n" for record in batch)
+        if self.stream is not None:
+            self.stream.write(data)
+            self.stream.flush()
+        else:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        self.written += len(batch)
+
+    def flush_now(self) -> None:
+        batch, self.pending = self.pending, []
+        if batch:
+            self._write(batch)

@@ -1,0 +1,131 @@
+"""The upstream side of a proxied request: one keep-alive HTTP/1.1 connection to a server.
+
+It parses responses with httptools and hands each event to the exchange it currently
+serves; between exchanges it sits idle in its endpoint's pool. It makes no routing or
+retry decisions: those belong to `exchange.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import httptools
+
+if TYPE_CHECKING:
+    from .endpoints import Endpoint
+    from .exchange import Exchange
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "endpoint", "transport", "parser", "exchange", "served", "idle_since", "closed",
+        "deadline", "headers", "reason", "received", "poisoned",
+    )
+
+    def __init__(self, endpoint: Endpoint):
+        self.endpoint = endpoint
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.served = 0
+        self.idle_since = 0.0
+        self.closed = False
+        self.deadline = 0.0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.reason = b""
+        self.received = False
+        self.poisoned = False
+
+    # --- transport events -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.close()  # bytes on an idle connection: the server broke the protocol
+            return
+        self.received = True
+        exchange.upstream_data_arrived(self)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.fail("upstream switched protocols, which this route does not allow")
+        except httptools.HttpParserError as error:
+            self.fail(f"invalid response from upstream: {error}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        exchange = self.exchange
+        if exchange is not None:
+            self.exchange = None
+            exchange.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_paused(False)
+
+    # --- parser callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.headers = []
+        self.reason = b""
+        if self.exchange is None:
+            self.poisoned = True
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.response_head(self.parser.get_status_code(), self.reason, self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+        else:
+            self.poisoned = True
+
+    def on_message_complete(self) -> None:
+        if self.exchange is not None:
+            self.exchange.response_complete(self.parser.should_keep_alive())
+
+    # --- used by the exchange and the pool --------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def fail(self, cause: str) -> None:
+        exchange = self.exchange
+        self.exchange = None
+        self.close()
+        if exchange is not None:
+            exchange.upstream_failed(cause, 502)
+
+    def detach(self) -> None:
+        """The exchange is done with this connection (its response ended or was skipped)."""
+        self.exchange = None
+        self.deadline = 0.0
+        self.served += 1
+
+    def restart_parser(self) -> None:
+        """A response without a body the parser knows of (HEAD): start the next one afresh."""
+        self.parser = httptools.HttpResponseParser(self)
+
+    def reusable(self) -> bool:
+        return not (self.closed or self.poisoned) and not self.transport.is_closing()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()

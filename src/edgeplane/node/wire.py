@@ -1,0 +1,106 @@
+"""HTTP/1.1 wire facts shared by both sides of the proxy: header classes, status lines, and
+the bytes of responses the node writes itself.
+
+Header classification is a dictionary hit on the name as sent, with a lower-casing retry
+only for names whose length matches a special header, so ordinary headers cost one lookup.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from ..lang.compile import LocalResponse
+
+# Classes of header the proxy must act on; every other header passes through untouched.
+HOP = 1            # hop-by-hop: never forwarded (RFC 9110 §7.6.1)
+CONNECTION = 2     # hop-by-hop, and names more hop-by-hop headers
+TRANSFER = 3       # Transfer-Encoding
+LENGTH = 4         # Content-Length
+HOST = 5
+EXPECT = 6
+FORWARDED_FOR = 7  # X-Forwarded-For: appended to
+REPLACED = 8       # X-Forwarded-Proto / -Host: the node sets these itself
+REQUEST_ID = 9
+
+_CLASSES = {
+    b"connection": CONNECTION, b"keep-alive": HOP, b"proxy-connection": HOP, b"te": HOP,
+    b"trailer": HOP, b"upgrade": HOP, b"transfer-encoding": TRANSFER, b"content-length": LENGTH,
+    b"host": HOST, b"expect": EXPECT, b"x-forwarded-for": FORWARDED_FOR,
+    b"x-forwarded-proto": REPLACED, b"x-forwarded-host": REPLACED, b"x-request-id": REQUEST_ID,
+}
+_BY_SPELLING = dict(_CLASSES)
+for _name, _cls in _CLASSES.items():
+    _BY_SPELLING[b"-".join(part.capitalize() for part in _name.split(b"-"))] = _cls
+    _BY_SPELLING[_name.upper()] = _cls
+_BY_SPELLING[b"TE"] = HOP
+_BY_SPELLING[b"X-Request-ID"] = REQUEST_ID
+_LENGTHS = frozenset(len(name) for name in _CLASSES)
+
+# A response header is special only for these classes; request-only ones pass through.
+RESPONSE_CLASSES = frozenset({HOP, CONNECTION, TRANSFER, LENGTH})
+
+
+def header_class(name: bytes) -> int:
+    cls = _BY_SPELLING.get(name)
+    if cls is None and len(name) in _LENGTHS:
+        cls = _CLASSES.get(name.lower(), 0)
+    return cls or 0
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    return [token.strip().lower() for token in value.split(b",") if token.strip()]
+
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
+
+
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is not None and (not reason or reason == _REASONS[status]):
+        return line
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or _REASONS.get(status, b"Unknown"))
+
+
+def error_response(status: int, cause: str, request_id: bytes = b"") -> LocalResponse:
+    """The short plain-text body the node sends for its own errors: what and which request."""
+    reason = _REASONS.get(status, b"Error").decode()
+    rid = f" (request id {request_id.decode()})" if request_id else ""
+    body = f"{status} {reason}: {cause}{rid}\n".encode()
+    headers = [(b"Content-Type", b"text/plain; charset=utf-8")]
+    if request_id:
+        headers.append((b"X-Request-Id", request_id))
+    return LocalResponse(status, headers, body)
+
+
+def apply_header_ops(headers: list[tuple[bytes, bytes]], ops: list) -> list[tuple[bytes, bytes]]:
+    """Apply rule response-header ops (set/add/remove) in order."""
+    for mode, lname, name, value in ops:
+        if mode != "add":
+            headers = [h for h in headers if h[0].lower() != lname]
+        if mode != "remove":
+            headers.append((name, value))
+    return headers
+
+
+def serialize_local(response: LocalResponse, ops: list, head_only: bool, keep_alive: bool,
+                    http10: bool) -> bytes:
+    headers = response.headers
+    if ops:
+        headers = apply_header_ops(list(headers), ops)
+    parts = [status_line(response.status)]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    if response.status >= 200 and response.status not in (204, 304):
+        parts.append(b"Content-Length: %d\r\n" % len(response.body))
+    parts.append(connection_header(keep_alive, http10))
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(response.body)
+    return b"".join(parts)
+
+
+def connection_header(keep_alive: bool, http10: bool) -> bytes:
+    if not keep_alive:
+        return b"Connection: close\r\n"
+    return b"Connection: keep-alive\r\n" if http10 else b""

@@ -1,0 +1,307 @@
+"""One worker process: listeners, the current runtime, and the housekeeping around them.
+
+A worker loads and compiles its config itself, opens its listeners with SO_REUSEPORT, and
+swaps to a new runtime when the file changes or SIGHUP arrives, but only after the new
+config validated, compiled and got every listener it needs; otherwise it keeps serving
+the old one. SIGTERM drains: stop accepting, finish what is in flight, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from ..model.load import ConfigError, load
+from .client import ClientConnection, Rejection
+from .endpoints import EndpointRegistry
+from .exchange import Exchange
+from .runtime import Runtime, compile_runtime, endpoint_keys
+from .telemetry import AccessLog, Metrics
+
+TICK = 0.1  # deadline resolution in seconds
+
+
+def log(event: str, **fields: Any) -> None:
+    record = {"time": round(time.time(), 3), "event": event, **fields}
+    sys.stderr.write(json.dumps(record) + "\n")
+    sys.stderr.flush()
+
+
+def open_listener(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(4096)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    def __init__(self, config_path: str, bind: str, index: int, partition: str,
+                 access_log: str | None, control_path: str | None):
+        self.config_path = Path(config_path)
+        self.bind = bind
+        self.index = index
+        self.partition = partition
+        self.control_path = control_path
+        self.registry = EndpointRegistry()
+        self.runtime: Runtime = None
+        self.connections: set[ClientConnection] = set()
+        self.busy: set = set()
+        self.listeners: dict[int, asyncio.AbstractServer] = {}
+        self.draining = False
+        self.metrics = Metrics()
+        self.access_log = AccessLog(access_log)
+        self.tasks: set[asyncio.Task] = set()
+        self.signature: tuple = ()
+        self.request_prefix = os.urandom(8).hex().encode()
+        self.request_counter = 0
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_error = ""
+        self.stopped = asyncio.Event()
+
+    # --- used by connections and exchanges ---------------------------------------------
+
+    def next_request_id(self) -> bytes:
+        self.request_counter += 1
+        return b"%s%016x" % (self.request_prefix, self.request_counter)
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def observe(self, exchange: Exchange) -> None:
+        now = time.monotonic()
+        request = exchange.request
+        app = exchange.app.name if exchange.app is not None else "-"
+        upstream = exchange.upstream.name if exchange.upstream is not None else None
+        upstream_seconds = now - exchange.sent_at if exchange.sent_at else 0.0
+        self.metrics.record(app, exchange.status, upstream if exchange.sent_at else None, upstream_seconds)
+        if self.access_log.enabled and exchange.runtime.access_log.enabled:
+            start = exchange.started
+            self.access_log.append((
+                exchange.wall, request.request_id.decode("latin-1"), self.client_ip(exchange),
+                request.method, request.host, request.uri, exchange.status, request.body_size,
+                exchange.bytes_out, app, exchange.rule, upstream,
+                exchange.endpoint.label if exchange.endpoint is not None else None,
+                exchange.upstream_status or None, round((now - start) * 1000, 3),
+                round((exchange.connected_at - start) * 1000, 3) if exchange.connected_at else None,
+                round(upstream_seconds * 1000, 3) if exchange.sent_at else None,
+                exchange.error or None, self.index, exchange.runtime.version,
+            ))
+
+    @staticmethod
+    def client_ip(exchange: Exchange) -> str:
+        return exchange.client.peer_ip.decode()
+
+    def log_rejection(self, client: ClientConnection, rejection: Rejection) -> None:
+        self.metrics.record("-", rejection.status, None, 0.0)
+        if self.access_log.enabled:
+            self.access_log.append((
+                time.time(), None, client.peer_ip.decode(), None, None, None, rejection.status, 0, 0,
+                "-", -1, None, None, None, 0.0, None, None, rejection.cause, self.index,
+                self.runtime.version,
+            ))
+
+    # --- configuration -----------------------------------------------------------------
+
+    def file_signature(self) -> tuple:
+        try:
+            st = self.config_path.stat()
+        except OSError:
+            return ()
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def load_runtime(self) -> Runtime:
+        config = load(self.config_path)
+        return compile_runtime(config, self.registry, self.partition)
+
+    def reload(self, reason: str) -> bool:
+        self.signature = self.file_signature()
+        try:
+            runtime = self.load_runtime()
+        except ConfigError as error:
+            self.reloads["failed"] += 1
+            self.last_error = str(error)
+            log("config_rejected", worker=self.index, reason=reason, errors=str(error).splitlines(),
+                serving=self.runtime.version if self.runtime else None)
+            return False
+        if self.runtime is not None and runtime.version == self.runtime.version:
+            return True
+        try:
+            self.reconcile_listeners(runtime)
+        except OSError as error:
+            self.reloads["failed"] += 1
+            self.last_error = f"cannot listen: {error}"
+            log("config_rejected", worker=self.index, reason=reason, errors=[self.last_error],
+                serving=self.runtime.version if self.runtime else None)
+            return False
+        self.runtime = runtime
+        self.registry.retain(endpoint_keys(runtime))
+        self.reloads["ok"] += 1
+        self.last_error = ""
+        log("config_applied", worker=self.index, reason=reason, version=runtime.version,
+            ports=sorted(runtime.ports))
+        return True
+
+    def reconcile_listeners(self, runtime: Runtime) -> None:
+        """Open every new port first; only when all are open close the ones no longer used."""
+        opened: dict[int, socket.socket] = {}
+        try:
+            for port in runtime.ports:
+                if port not in self.listeners:
+                    opened[port] = open_listener(self.bind, port)
+        except OSError:
+            for sock in opened.values():
+                sock.close()
+            raise
+        for port, sock in opened.items():
+            self.listeners[port] = None  # reserved; serve() puts the started server here
+            self.spawn(self.serve(port, sock))
+        for port in [p for p in self.listeners if p not in runtime.ports]:
+            server = self.listeners.pop(port)
+            if server is not None:
+                server.close()
+
+    async def serve(self, port: int, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: ClientConnection(self, port), sock=sock, backlog=4096)
+        if port in self.listeners and not self.draining:
+            self.listeners[port] = server
+        else:
+            server.close()
+
+    # --- housekeeping ------------------------------------------------------------------
+
+    async def housekeeping(self) -> None:
+        parent = os.getppid()
+        ticks = 0
+        while not self.draining:
+            await asyncio.sleep(TICK)
+            ticks += 1
+            self.check_deadlines()
+            if ticks % 5 == 0:
+                if self.file_signature() != self.signature:
+                    self.reload("file changed")
+                self.registry.sweep(time.monotonic())
+                if os.getppid() != parent:
+                    log("master_gone", worker=self.index)
+                    self.stop()
+            if ticks % 2 == 0:
+                self.spawn(self.access_log.flush())
+
+    def check_deadlines(self) -> None:
+        now = time.monotonic()
+        for connection in list(self.connections):
+            if connection.deadline or connection.write_deadline:
+                connection.check_deadline(now)
+        for upstream in list(self.busy):
+            if upstream.deadline and now >= upstream.deadline and upstream.exchange is not None:
+                upstream.exchange.upstream_timeout()
+
+    async def control_server(self) -> None:
+        if not self.control_path:
+            return
+        if os.path.exists(self.control_path):
+            os.unlink(self.control_path)
+        await asyncio.start_unix_server(self.answer_control, path=self.control_path)
+
+    async def answer_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readline()
+            writer.write(json.dumps(self.status()).encode() + b"\n")
+            await writer.drain()
+        finally:
+            writer.close()
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        return {
+            "worker": self.index, "pid": os.getpid(), "version": self.runtime.version,
+            "connections": len(self.connections), "draining": self.draining,
+            "reloads": self.reloads, "last_error": self.last_error,
+            "access_log_dropped": self.access_log.dropped, "metrics": self.metrics.snapshot(),
+            "upstreams": {
+                name: [e.status(now) for e in self.registry.endpoints.values() if e.upstream == name]
+                for name in self.runtime.upstreams
+            },
+        }
+
+    # --- life cycle --------------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        for server in self.listeners.values():
+            if server is not None:
+                server.close()
+        for connection in list(self.connections):
+            if connection.active is None and connection.current is None and not connection.queue:
+                connection.close()
+        self.stopped.set()
+
+    async def drain(self) -> None:
+        deadline = time.monotonic() + self.runtime.limits.drain_timeout
+        while self.connections and time.monotonic() < deadline:
+            for connection in list(self.connections):
+                if connection.active is None and connection.current is None and not connection.queue:
+                    connection.close()
+            await asyncio.sleep(0.05)
+        for connection in list(self.connections):
+            connection.abort()
+        await self.access_log.flush()
+        self.access_log.flush_now()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        try:
+            runtime = self.load_runtime()
+        except ConfigError as error:
+            log("config_invalid", worker=self.index, errors=str(error).splitlines())
+            return 2
+        self.signature = self.file_signature()
+        try:
+            self.reconcile_listeners(runtime)
+        except OSError as error:
+            log("listen_failed", worker=self.index, error=str(error))
+            return 3
+        self.runtime = runtime
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
+        loop.add_signal_handler(signal.SIGTERM, self.stop)
+        loop.add_signal_handler(signal.SIGINT, self.stop)
+        await self.control_server()
+        self.spawn(self.housekeeping())
+        log("worker_ready", worker=self.index, pid=os.getpid(), version=runtime.version,
+            ports=sorted(runtime.ports))
+        await self.stopped.wait()
+        await self.drain()
+        log("worker_stopped", worker=self.index)
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    config, bind, index, partition, access_log, control = argv
+    worker = Worker(config, bind, int(index), partition, access_log or None, control or None)
+    return uvloop.run(worker.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
