@@ -132,8 +132,8 @@ class Condition(Model):
     @model_validator(mode="after")
     def _shape(self) -> Condition:
         if (self.var in NAMED_VARIABLES) != (self.name is not None):
-            need = "needs" if self.var in NAMED_VARIABLES else "takes no"
-            raise ValueError(f"variable '{self.var}' {need} a name")
+            need = "needs a" if self.var in NAMED_VARIABLES else "takes no"
+            raise ValueError(f"variable '{self.var}' {need} name")
         if self.op in VALUELESS_OPERATORS:
             if self.values:
                 raise ValueError(f"operator '{self.op}' takes no values")
@@ -168,6 +168,14 @@ class Action(Model):
     """One step of a rule; in YAML a single-key mapping such as `{proxy: {upstream: api}}`."""
 
     kind: ClassVar[str]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unwrap(cls, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) == 1 and cls.kind in value:
+            body = value[cls.kind]
+            return {} if body is None else body
+        return value
 
     @model_serializer(mode="wrap")
     def _as_mapping(self, handler: Any) -> dict[str, Any]:
@@ -270,12 +278,6 @@ def _action_kind(value: Any) -> str | None:
     return None
 
 
-def _unwrap_action(value: Any) -> Any:
-    if isinstance(value, dict) and len(value) == 1:
-        return next(iter(value.values()))
-    return value
-
-
 AnyAction = Annotated[
     Union[tuple(Annotated[cls, Tag(kind)] for kind, cls in ACTIONS.items())],
     Discriminator(_action_kind, custom_error_type="action",
@@ -291,20 +293,6 @@ class Rule(Model):
     top: bool = False
     last: bool = False
     enabled: bool = True
-
-    @field_validator("actions", mode="before")
-    @classmethod
-    def _unwrap(cls, value: Any) -> Any:
-        if not isinstance(value, list):
-            return value
-        out = []
-        for item in value:
-            kind = _action_kind(item)
-            if isinstance(item, dict) and kind in ACTIONS:
-                body = _unwrap_action(item)
-                item = ACTIONS[kind].model_validate(body if body is not None else {})
-            out.append(item)
-        return out
 
     @model_validator(mode="after")
     def _terminal_last(self) -> Rule:

@@ -78,7 +78,8 @@ def render_prometheus(merged: dict, gauges: dict[str, float], versions: list[str
         lines.append(f'edgeplane_upstream_response_seconds_sum{{upstream="{_label(name)}"}} {series[-2]}')
         lines.append(f'edgeplane_upstream_response_seconds_count{{upstream="{_label(name)}"}} {series[-1]}')
     for name, value in gauges.items():
-        lines += [f"# TYPE edgeplane_{name} gauge", f"edgeplane_{name} {value}"]
+        kind = "counter" if name.endswith("_total") else "gauge"
+        lines += [f"# TYPE edgeplane_{name} {kind}", f"edgeplane_{name} {value}"]
     lines += ["# HELP edgeplane_config_info Config version each worker serves.",
               "# TYPE edgeplane_config_info gauge"]
     for index, version in enumerate(versions):
