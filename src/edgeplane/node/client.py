@@ -147,14 +147,14 @@ class ClientConnection(asyncio.Protocol):
         self.write_deadline = monotonic() + self.worker.runtime.limits.send_timeout
         active = self.active
         if active is not None and active.conn is not None:
-            active.conn.transport.pause_reading()
+            active.conn.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         self.write_deadline = 0.0
         active = self.active
-        if active is not None and active.conn is not None and not active.conn.closed:
-            active.conn.transport.resume_reading()
+        if active is not None and active.conn is not None:
+            active.conn.resume_reading()
 
     # --- parser callbacks -------------------------------------------------------------
 
@@ -315,7 +315,9 @@ class ClientConnection(asyncio.Protocol):
         try:
             while self.active is None and self.queue and not self.closing:
                 item = self.queue.popleft()
-                if not self.queue:
+                if self.queue:
+                    self.block(BLOCK_PIPELINE)
+                else:
                     self.unblock(BLOCK_PIPELINE)
                 if isinstance(item, Rejection):
                     self.write_rejection(item)
@@ -330,6 +332,7 @@ class ClientConnection(asyncio.Protocol):
     def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
         self.active = None
         self.served += 1
+        self.unblock(BLOCK_BODY | BLOCK_UPSTREAM)  # those belonged to the finished exchange
         if not keep_alive:
             self.close()
             return

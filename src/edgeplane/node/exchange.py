@@ -167,6 +167,8 @@ class Exchange:
         self.reused = reused
         connection.exchange = self
         connection.received = False
+        if self.client.write_paused:
+            connection.pause_reading()
         endpoint.active += 1
         endpoint.requests += 1
         self.client.worker.busy.add(connection)

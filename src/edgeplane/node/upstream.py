@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "endpoint", "transport", "parser", "exchange", "served", "idle_since", "closed",
-        "deadline", "headers", "reason", "received", "poisoned",
+        "deadline", "headers", "reason", "received", "poisoned", "reading_paused",
     )
 
     def __init__(self, endpoint: Endpoint):
@@ -36,6 +36,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason = b""
         self.received = False
         self.poisoned = False
+        self.reading_paused = False
 
     # --- transport events -------------------------------------------------------------
 
@@ -104,6 +105,17 @@ class UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         self.transport.write(data)
 
+    def pause_reading(self) -> None:
+        """The client is not taking the response as fast as it comes: stop reading it."""
+        if not self.reading_paused and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     def fail(self, cause: str) -> None:
         exchange = self.exchange
         self.exchange = None
@@ -116,6 +128,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.deadline = 0.0
         self.served += 1
+        self.resume_reading()  # a pooled connection must not stay paused for its next user
 
     def restart_parser(self) -> None:
         """A response without a body the parser knows of (HEAD): start the next one afresh."""
