@@ -156,7 +156,7 @@ def test_a_terminal_action_must_come_last_and_alone():
               - actions: [{respond: {}}, {proxy: {upstream: u}}]
               - actions: [{proxy: {upstream: u}}, {set-request-header: {name: X, value: y}}]
         """))
-    assert "a rule can end in one of proxy, redirect, respond" in lines[0]
+    assert "a rule can end in one of proxy, split, redirect, respond, deny" in lines[0]
     assert "'proxy' must be the rule's last action" in lines[1]
 
 

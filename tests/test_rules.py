@@ -121,7 +121,7 @@ def test_non_terminal_rules_accumulate_until_a_terminal_one():
     ]
     req = request("/x")
     index, outcome, _ = route(rules, req)
-    assert (index, outcome) == (2, "UPSTREAM")
+    assert (index, outcome.upstream) == (2, "UPSTREAM")
     assert (b"X-A", b"1") in req.headers
 
 

@@ -1,79 +1,143 @@
-"""Compile rules (conditions -> actions) into one plain `route(request, response_ops)` call.
+"""Compile rules (conditions -> actions) into one plain `route(request, ops)` call.
 
-All parsing of values (regexes, CIDRs, numbers, case folding) happens here, once per
-config version; the returned callables only compare. A request object must offer the
-variables of `VARIABLES`; the node's `Request` does. This module performs no I/O.
+All parsing of values (regexes, CIDRs, numbers, time zones, origins) happens here, once
+per config version; the callables only compare. With more than a few rules, an index picks
+the candidate rules of a request as a bitmask (exact paths by dict, prefixes by a table of
+lengths, every regex of the chain in one `RegexSet` scan per variable) and only those are
+evaluated, in order. A rule that changes the request makes the index look again, so the
+result always equals evaluating every rule in turn. This module performs no I/O.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
+import operator
+import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
+from zoneinfo import ZoneInfo
 
 from ..model.config import (
+    CLOCK_VARIABLES,
+    WEEKDAYS,
     AddRequestHeader,
     AddResponseHeader,
     Condition,
+    Cors,
+    Deny,
+    Mirror,
     Proxy,
     Redirect,
     RemoveRequestHeader,
     RemoveResponseHeader,
     Respond,
     RewritePath,
+    RewriteQuery,
     Rule,
     SetRequestHeader,
     SetResponseHeader,
+    SetVar,
+    Split,
 )
+from .keys import key_getter, stable_hash
+from .regexset import regex_set
 
 Getter = Callable[[Any], "str | list[str]"]
 Predicate = Callable[[Any], bool]
+Step = Callable[[Any, list], Any]
+"""A step changes the request or appends response-header ops to `ops`; a step that decides
+the request returns its outcome: a `Forward` or a `LocalResponse`."""
+
+INDEX_THRESHOLD = 8  # below this many rules, evaluating each in turn is cheaper than indexing
 
 
 @dataclass(frozen=True)
 class LocalResponse:
-    """A response the node writes itself (respond, redirect, errors)."""
+    """A response the node writes itself (respond, redirect, deny, CORS preflight, errors)."""
 
     status: int
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     body: bytes = b""
 
 
-def _single(attribute: str) -> Getter:
-    def get(request: Any) -> str:
-        return getattr(request, attribute)
-    return get
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Proxy to `upstream` (the node's object for it) with the route's timeouts."""
+
+    upstream: Any
+    timeout: float | None = None
+    backend_timeout: float | None = None
 
 
-VARIABLES: dict[str, Callable[[str | None], Getter]] = {
-    "host": lambda _: _single("host"),
-    "scheme": lambda _: _single("scheme"),
-    "method": lambda _: _single("method"),
-    "uri": lambda _: _single("uri"),
-    "path": lambda _: _single("path"),
-    "query": lambda _: _single("query"),
-    "client-ip": lambda _: _single("client_ip"),
-    "http-version": lambda _: _single("version"),
-    "header": lambda name: (lambda request, _n=name.lower(): request.header(_n)),
-    "arg": lambda name: (lambda request, _n=name: request.arg(_n)),
-    "cookie": lambda name: (lambda request, _n=name: request.cookie(_n)),
-}
+@dataclass(frozen=True)
+class CompileContext:
+    """What conditions need beyond the rule itself: default time zone, address → location."""
+
+    timezone: str = "UTC"
+    locate: Callable[[str], str] = lambda _ip: ""
+
+
+# --- variables -----------------------------------------------------------------------
+
+
+def _attribute(name: str) -> Getter:
+    return operator.attrgetter(name)
+
+
+def _clock(kind: str, zone: ZoneInfo) -> Getter:
+    def now(_request: Any) -> str:
+        moment = datetime.now(zone)
+        if kind == "time":
+            return f"{moment.hour:02d}:{moment.minute:02d}"
+        if kind == "date":
+            return moment.strftime("%Y-%m-%d")
+        return WEEKDAYS[moment.weekday()]
+    return now
+
+
+def variable_getter(condition: Condition, context: CompileContext) -> Getter:
+    var, name = condition.var, condition.name
+    simple = {"host": "host", "scheme": "scheme", "method": "method", "uri": "uri", "path": "path",
+              "query": "query", "client-ip": "client_ip", "http-version": "version", "tls-sni": "sni"}
+    if var in simple:
+        return _attribute(simple[var])
+    if var == "header":
+        lname = name.lower()
+        return lambda request: request.header(lname)
+    if var == "arg":
+        return lambda request: request.arg(name)
+    if var == "cookie":
+        return lambda request: request.cookie(name)
+    if var == "var":
+        return lambda request: request.variable(name)
+    if var == "location":
+        locate = context.locate
+        return lambda request: locate(request.client_ip)
+    if var in CLOCK_VARIABLES:
+        return _clock(var, ZoneInfo(condition.tz or context.timezone))
+    if var == "random":
+        return lambda _request: repr(random.random() * 100)
+    raise ValueError(f"unknown variable {var!r}")
+
+
+# --- conditions ----------------------------------------------------------------------
 
 
 def _value_test(condition: Condition) -> Callable[[str], bool]:
     """A test of one subject string against all of the condition's values (alternatives)."""
     op, caseless = condition.op, condition.caseless
     values = [v.lower() for v in condition.values] if caseless else list(condition.values)
-    fold = str.lower if caseless else None
 
     def folded(test: Callable[[str], bool]) -> Callable[[str], bool]:
-        return (lambda s: test(s.lower())) if fold else test
+        return (lambda s: test(s.lower())) if caseless else test
 
-    if op in ("eq", "ne"):
-        wanted = frozenset(values)
-        return folded(wanted.__contains__)
+    if op in ("eq", "ne", "in", "not-in"):
+        return folded(frozenset(values).__contains__)
     if op == "prefix":
         prefixes = tuple(values)
         return folded(lambda s: s.startswith(prefixes))
@@ -83,9 +147,9 @@ def _value_test(condition: Condition) -> Callable[[str], bool]:
     if op == "contains":
         return folded(lambda s: any(v in s for v in values))
     if op in ("regex", "not-regex"):
-        pattern = re.compile("|".join(f"(?:{v})" for v in condition.values),
-                             re.IGNORECASE if caseless else 0)
-        return lambda s: pattern.search(s) is not None
+        search = re.compile("|".join(f"(?:{v})" for v in condition.values),
+                            re.IGNORECASE if caseless else 0).search
+        return lambda s: search(s) is not None
     if op in ("cidr", "not-cidr"):
         networks = [ipaddress.ip_network(v, strict=False) for v in condition.values]
 
@@ -96,29 +160,28 @@ def _value_test(condition: Condition) -> Callable[[str], bool]:
                 return False
             return any(address in network for network in networks)
         return in_networks
-    if op in ("gt", "ge", "lt", "le"):
-        import operator
-        compare = getattr(operator, op)
-        bounds = [float(v) for v in condition.values]
+    compare = getattr(operator, op)
+    if condition.var in CLOCK_VARIABLES:  # zero-padded clock strings order like their times
+        return lambda s: any(compare(s, bound) for bound in values)
+    bounds = [float(v) for v in condition.values]
 
-        def numeric(s: str) -> bool:
-            try:
-                number = float(s)
-            except ValueError:
-                return False
-            return any(compare(number, bound) for bound in bounds)
-        return numeric
-    raise ValueError(f"unknown operator {op!r}")
+    def numeric(s: str) -> bool:
+        try:
+            number = float(s)
+        except ValueError:
+            return False
+        return any(compare(number, bound) for bound in bounds)
+    return numeric
 
 
-def compile_condition(condition: Condition) -> Predicate:
-    get = VARIABLES[condition.var](condition.name)
+def compile_condition(condition: Condition, context: CompileContext | None = None) -> Predicate:
+    get = variable_getter(condition, context or CompileContext())
     op = condition.op
     if op in ("exists", "missing"):
         present = op == "exists"
         return lambda request: bool(get(request)) is present
     test = _value_test(condition)
-    negate = op in ("ne", "not-regex", "not-cidr")
+    negate = op in ("ne", "not-in", "not-regex", "not-cidr")
 
     def holds(request: Any) -> bool:
         subject = get(request)
@@ -128,8 +191,8 @@ def compile_condition(condition: Condition) -> Predicate:
     return holds
 
 
-def compile_conditions(conditions: list[Condition]) -> Predicate | None:
-    predicates = [compile_condition(c) for c in conditions]
+def compile_conditions(conditions: list[Condition], context: CompileContext | None = None) -> Predicate | None:
+    predicates = [compile_condition(c, context) for c in conditions]
     if not predicates:
         return None
     if len(predicates) == 1:
@@ -139,9 +202,8 @@ def compile_conditions(conditions: list[Condition]) -> Predicate | None:
 
 # --- actions -------------------------------------------------------------------------
 
-Step = Callable[[Any, list], Any]
-"""A step changes the request or appends response-header ops; a terminal step returns
-the outcome (an upstream object or a LocalResponse)."""
+MUTATING_ACTIONS = frozenset({"set-request-header", "add-request-header", "remove-request-header",
+                              "rewrite-path", "rewrite-query", "set-var"})
 
 
 def _header_step(name: str, value: str | None, mode: str) -> Step:
@@ -170,6 +232,22 @@ def _response_header_step(name: str, value: str | None, mode: str) -> Step:
     return step
 
 
+def _with_slash(path: str) -> str:
+    return path if path.startswith("/") else "/" + path
+
+
+def _replace_prefix(current: str, prefix: str, replacement: str) -> str | None:
+    """The path with `prefix` replaced, or None when it does not start with it."""
+    if not current.startswith(prefix):
+        return None
+    rest = current[len(prefix):]
+    if replacement.endswith("/") and rest.startswith("/"):
+        rest = rest[1:]
+    elif rest and not rest.startswith("/") and not replacement.endswith("/") and prefix.endswith("/"):
+        rest = "/" + rest
+    return _with_slash(replacement + rest)
+
+
 def _rewrite_step(action: RewritePath) -> Step:
     if action.path is not None:
         path = action.path
@@ -178,20 +256,30 @@ def _rewrite_step(action: RewritePath) -> Step:
         prefix, replacement = action.prefix, action.replacement
 
         def rewrite_prefix(request: Any, _ops: list) -> None:
-            current = request.uri_path
-            if current.startswith(prefix):
-                rest = current[len(prefix):]
-                new = replacement + rest
-                if replacement.endswith("/") and rest.startswith("/"):
-                    new = replacement + rest[1:]
-                request.set_target(new if new.startswith("/") else "/" + new)
+            new = _replace_prefix(request.uri_path, prefix, replacement)
+            if new is not None:
+                request.set_target(new)
         return rewrite_prefix
     pattern, replacement = re.compile(action.regex or ""), action.replacement
 
     def rewrite_regex(request: Any, _ops: list) -> None:
         new = pattern.sub(replacement, request.uri_path, count=1)
-        request.set_target(new if new.startswith("/") else "/" + new)
+        path, _, query = new.partition("?")
+        request.set_target(_with_slash(path), query if "?" in new else None)
     return rewrite_regex
+
+
+def _rewrite_query_step(action: RewriteQuery) -> Step:
+    def rewrite(request: Any, _ops: list) -> None:
+        if action.query is not None:
+            pairs = parse_qsl(action.query, keep_blank_values=True)
+        else:
+            pairs = parse_qsl(request.query, keep_blank_values=True)
+        drop = set(action.remove) | set(action.set)
+        pairs = [(k, v) for k, v in pairs if k not in drop]
+        pairs += list(action.set.items()) + list(action.add.items())
+        request.set_target(request.uri_path, urlencode(pairs))
+    return rewrite
 
 
 def _redirect_step(action: Redirect) -> Step:
@@ -201,8 +289,12 @@ def _redirect_step(action: Redirect) -> Step:
         default_port = 443 if scheme == "https" else 80
         # Gateway API: no port given → the scheme's port if a scheme was given, else the listener's.
         port = action.port or (default_port if action.scheme else request.port)
-        authority = host if port in (None, default_port) else f"{host}:{port}"
-        path = action.path if action.path is not None else request.uri_path
+        authority = host if port in (None, 0, default_port) else f"{host}:{port}"
+        path = request.uri_path
+        if action.prefix is not None:
+            path = _replace_prefix(path, action.prefix, action.path or "/") or path
+        elif action.path is not None:
+            path = action.path
         query = request.query if action.keep_query else ""
         location = f"{scheme}://{authority}{path}" + (f"?{query}" if query else "")
         return LocalResponse(action.status, [(b"Location", location.encode("latin-1"))])
@@ -216,23 +308,118 @@ def _respond_step(action: Respond) -> Step:
     return lambda _request, _ops: response
 
 
+def _deny_step(action: Deny) -> Step:
+    body = (action.body or "access denied\n").encode("utf-8")
+    response = LocalResponse(action.status, [(b"Content-Type", b"text/plain; charset=utf-8")], body)
+    return lambda _request, _ops: response
+
+
+def _split_step(action: Split, upstreams: dict[str, Any]) -> Step:
+    weighted = [(w.upstream, w.weight) for w in action.upstreams if w.weight > 0]
+    if not weighted:
+        failure = LocalResponse(500, [(b"Content-Type", b"text/plain; charset=utf-8")],
+                                b"500 Internal Server Error: every backend of this route has weight 0\n")
+        return lambda _request, _ops: failure
+    forwards = [Forward(upstreams[name], action.timeout, action.backend_timeout) for name, _ in weighted]
+    bounds, total = [], 0
+    for _, weight in weighted:
+        total += weight
+        bounds.append(total)
+    if len(forwards) == 1:
+        only = forwards[0]
+        return lambda _request, _ops: only
+    if action.sticky:
+        key = key_getter(action.sticky)
+        return lambda request, _ops: forwards[bisect.bisect_right(bounds, stable_hash(key(request)) % total)]
+    uniform = random.random
+    return lambda _request, _ops: forwards[bisect.bisect_right(bounds, uniform() * total)]
+
+
+def _mirror_step(action: Mirror, upstreams: dict[str, Any]) -> Step:
+    target, share = upstreams[action.upstream], action.percent / 100
+
+    def mirror(request: Any, _ops: list) -> None:
+        if share >= 1 or random.random() < share:
+            request.add_mirror(target)
+    return mirror
+
+
+def _origin_matcher(origins: list[str]) -> Callable[[str], bool]:
+    if "*" in origins:
+        return lambda origin: True
+    exact = frozenset(o.lower() for o in origins if "*." not in o)
+    wildcards = tuple(o.lower().replace("*.", ".", 1).split("://", 1) for o in origins if "*." in o)
+
+    def allowed(origin: str) -> bool:
+        origin = origin.lower()
+        if origin in exact:
+            return True
+        scheme, _, rest = origin.partition("://")
+        host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest
+        return any(scheme == s and host.endswith(suffix) for s, suffix in wildcards)
+    return allowed
+
+
+def _cors_step(action: Cors) -> Step:
+    """CORS (Fetch standard): preflights answered here, actual responses get the headers."""
+    allowed = _origin_matcher(action.allow_origins)
+    any_method = "*" in action.allow_methods
+    any_header = "*" in action.allow_headers
+    methods = ", ".join(action.allow_methods).encode()
+    allow_headers = ", ".join(action.allow_headers).encode()
+    expose = ", ".join(action.expose_headers).encode()
+
+    def cors(request: Any, ops: list) -> LocalResponse | None:
+        origins = request.header("origin")
+        if not origins or not allowed(origins[0]):
+            return None
+        origin = origins[0].encode("latin-1")
+        requested = request.header("access-control-request-method")
+        if request.method == "OPTIONS" and requested:
+            headers = [(b"Access-Control-Allow-Origin", origin), (b"Vary", b"Origin"),
+                       (b"Access-Control-Allow-Methods", requested[0].encode("latin-1") if any_method else methods)]
+            asked = request.header("access-control-request-headers")
+            granted = ", ".join(asked).encode("latin-1") if any_header else allow_headers
+            if granted:
+                headers.append((b"Access-Control-Allow-Headers", granted))
+            if expose:
+                headers.append((b"Access-Control-Expose-Headers", expose))
+            if action.max_age is not None:
+                headers.append((b"Access-Control-Max-Age", str(action.max_age).encode()))
+            if action.allow_credentials:
+                headers.append((b"Access-Control-Allow-Credentials", b"true"))
+            return LocalResponse(204, headers)
+        ops.append(("set", b"access-control-allow-origin", b"Access-Control-Allow-Origin", origin))
+        ops.append(("add", b"vary", b"Vary", b"Origin"))
+        if action.allow_credentials:
+            ops.append(("set", b"access-control-allow-credentials", b"Access-Control-Allow-Credentials", b"true"))
+        if expose:
+            ops.append(("set", b"access-control-expose-headers", b"Access-Control-Expose-Headers", expose))
+        return None
+    return cors
+
+
 def compile_action(action: Any, upstreams: dict[str, Any]) -> Step:
+    kind = action.kind
     if isinstance(action, Proxy):
-        target = upstreams[action.upstream]
-        return lambda _request, _ops: target
+        forward = Forward(upstreams[action.upstream], action.timeout, action.backend_timeout)
+        return lambda _request, _ops: forward
     if isinstance(action, (SetRequestHeader, AddRequestHeader, RemoveRequestHeader)):
-        mode = {"set-request-header": "set", "add-request-header": "add"}.get(action.kind, "remove")
-        return _header_step(action.name, getattr(action, "value", None), mode)
+        return _header_step(action.name, getattr(action, "value", None), kind.split("-", 1)[0])
     if isinstance(action, (SetResponseHeader, AddResponseHeader, RemoveResponseHeader)):
-        mode = {"set-response-header": "set", "add-response-header": "add"}.get(action.kind, "remove")
-        return _response_header_step(action.name, getattr(action, "value", None), mode)
-    if isinstance(action, RewritePath):
-        return _rewrite_step(action)
-    if isinstance(action, Redirect):
-        return _redirect_step(action)
-    if isinstance(action, Respond):
-        return _respond_step(action)
-    raise ValueError(f"no compiler for action {action.kind!r}")
+        return _response_header_step(action.name, getattr(action, "value", None), kind.split("-", 1)[0])
+    if isinstance(action, SetVar):
+        name, value = action.name, action.value
+        return lambda request, _ops: request.set_variable(name, value)
+    simple = {RewritePath: _rewrite_step, RewriteQuery: _rewrite_query_step, Redirect: _redirect_step,
+              Respond: _respond_step, Deny: _deny_step, Cors: _cors_step}
+    if type(action) in simple:
+        return simple[type(action)](action)
+    if isinstance(action, Split):
+        return _split_step(action, upstreams)
+    if isinstance(action, Mirror):
+        return _mirror_step(action, upstreams)
+    raise ValueError(f"no compiler for action {kind!r}")
 
 
 # --- rules ---------------------------------------------------------------------------
@@ -244,22 +431,129 @@ def ordered(rules: list[Rule]) -> list[tuple[int, Rule]]:
     return sorted(indexed, key=lambda item: (not item[1].top, item[1].order, item[0]))
 
 
-def compile_rules(rules: list[Rule], upstreams: dict[str, Any]) -> Callable[[Any, list], tuple[int, Any]]:
-    """Returns route(request, response_ops) -> (rule index or -1, outcome or None)."""
-    chain = []
-    for index, rule in ordered(rules):
-        steps = [compile_action(action, upstreams) for action in rule.actions]
-        chain.append((compile_conditions(rule.conditions), tuple(steps), rule.last, index))
-    chain_t = tuple(chain)
+@dataclass
+class _Compiled:
+    matches: Predicate | None
+    steps: tuple
+    last: bool
+    label: Any
+    mutates: bool
+    conditions: list[Condition]
 
-    def route(request: Any, ops: list) -> tuple[int, Any]:
-        for matches, steps, last, index in chain_t:
+
+class RuleIndex:
+    """Which rules of a chain could match a request, as a bitmask in chain order."""
+
+    def __init__(self, chain: list[_Compiled], context: CompileContext):
+        self.always = 0
+        self.exact: dict[str, int] = {}
+        prefixes: dict[int, dict[str, int]] = {}
+        regexes: dict[str, tuple[Getter, list]] = {}
+        for position, rule in enumerate(chain):
+            bit = 1 << position
+            key = self.key_of(rule.conditions)
+            if key is None:
+                self.always |= bit
+            elif key.op in ("eq", "in"):
+                for value in key.values:
+                    self.exact[value] = self.exact.get(value, 0) | bit
+            elif key.op == "prefix":
+                for value in key.values:
+                    table = prefixes.setdefault(len(value), {})
+                    table[value] = table.get(value, 0) | bit
+            else:
+                getter = variable_getter(key, context)
+                _, patterns = regexes.setdefault(key.var, (getter, []))
+                patterns += [(value, key.caseless, bit) for value in key.values]
+        self.prefixes = tuple(sorted(prefixes.items()))
+        self.scans = tuple((getter, regex_set(patterns)) for getter, patterns in regexes.values())
+        self.uses_path = bool(self.exact or self.prefixes)
+
+    @staticmethod
+    def key_of(conditions: list[Condition]) -> Condition | None:
+        """The condition that best narrows a rule: exact path, then path prefix, then a regex."""
+        ranked = []
+        for condition in conditions:
+            if condition.caseless and condition.op != "regex":
+                continue
+            if condition.var == "path" and condition.op in ("eq", "in"):
+                ranked.append((0, condition))
+            elif condition.var == "path" and condition.op == "prefix":
+                ranked.append((1, condition))
+            elif condition.op == "regex" and condition.var in ("path", "uri", "host", "query", "method"):
+                ranked.append((2, condition))
+        return min(ranked, key=lambda item: item[0])[1] if ranked else None
+
+    def candidates(self, request: Any) -> int:
+        mask = self.always
+        if self.uses_path:
+            path = request.path
+            mask |= self.exact.get(path, 0)
+            size = len(path)
+            for length, table in self.prefixes:
+                if length > size:
+                    break
+                mask |= table.get(path[:length], 0)
+        for getter, scanner in self.scans:
+            mask |= scanner.matches(getter(request))
+        return mask
+
+
+def compile_rules(rules: list[Rule], upstreams: dict[str, Any], context: CompileContext | None = None,
+                  before: list[Rule] = (), after: list[Rule] = ()) -> Callable[[Any, list], tuple[Any, Any]]:
+    """Returns route(request, ops) -> (label of the deciding rule or -1, outcome or None).
+
+    Labels are the rule's index for the application's own rules and
+    "global.before[i]" / "global.after[i]" for global ones.
+    """
+    context = context or CompileContext()
+    chain: list[_Compiled] = []
+    for group, label_of in ((before, lambda i: f"global.before[{i}]"), (rules, lambda i: i),
+                            (after, lambda i: f"global.after[{i}]")):
+        for index, rule in ordered(list(group)):
+            steps = tuple(compile_action(action, upstreams) for action in rule.actions)
+            mutates = any(action.kind in MUTATING_ACTIONS for action in rule.actions)
+            chain.append(_Compiled(compile_conditions(rule.conditions, context), steps, rule.last,
+                                   label_of(index), mutates, rule.conditions))
+    if len(chain) < INDEX_THRESHOLD:
+        return _linear_route(chain)
+    return _indexed_route(chain, RuleIndex(chain, context))
+
+
+def _linear_route(chain: list[_Compiled]) -> Callable[[Any, list], tuple[Any, Any]]:
+    compiled = tuple((c.matches, c.steps, c.last, c.label) for c in chain)
+
+    def route(request: Any, ops: list) -> tuple[Any, Any]:
+        for matches, steps, last, label in compiled:
             if matches is None or matches(request):
                 for step in steps:
                     outcome = step(request, ops)
                     if outcome is not None:
-                        return index, outcome
+                        return label, outcome
                 if last:
-                    return index, None
+                    return label, None
+        return -1, None
+    return route
+
+
+def _indexed_route(chain: list[_Compiled], index: RuleIndex) -> Callable[[Any, list], tuple[Any, Any]]:
+    compiled = tuple((c.matches, c.steps, c.last, c.label, c.mutates) for c in chain)
+    candidates = index.candidates
+
+    def route(request: Any, ops: list) -> tuple[Any, Any]:
+        mask = candidates(request)
+        while mask:
+            low = mask & -mask
+            mask ^= low
+            matches, steps, last, label, mutates = compiled[low.bit_length() - 1]
+            if matches is None or matches(request):
+                for step in steps:
+                    outcome = step(request, ops)
+                    if outcome is not None:
+                        return label, outcome
+                if last:
+                    return label, None
+                if mutates:  # what later rules see has changed: ask the index again
+                    mask = candidates(request) & ~((low << 1) - 1)
         return -1, None
     return route

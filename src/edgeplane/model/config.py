@@ -107,14 +107,32 @@ class Upstream(Model):
 
 Variable = Literal[
     "host", "scheme", "method", "uri", "path", "query", "arg", "header", "cookie",
-    "client-ip", "http-version",
+    "client-ip", "location", "http-version", "tls-sni", "time", "weekday", "date", "random",
+    "var",
 ]
-NAMED_VARIABLES = {"arg", "header", "cookie"}
+NAMED_VARIABLES = {"arg", "header", "cookie", "var"}
+CLOCK_VARIABLES = {"time", "weekday", "date"}
 Operator = Literal[
-    "eq", "ne", "prefix", "suffix", "contains", "regex", "not-regex", "cidr", "not-cidr",
-    "exists", "missing", "gt", "ge", "lt", "le",
+    "eq", "ne", "in", "not-in", "prefix", "suffix", "contains", "regex", "not-regex", "cidr",
+    "not-cidr", "exists", "missing", "gt", "ge", "lt", "le",
 ]
 VALUELESS_OPERATORS = {"exists", "missing"}
+ORDERING_OPERATORS = {"gt", "ge", "lt", "le"}
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK_FORMATS = {
+    "time": (re.compile(r"^([01]\d|2[0-3]):[0-5]\d$"), "HH:MM such as 20:00"),
+    "date": (re.compile(r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])$"), "YYYY-MM-DD"),
+    "weekday": (re.compile(r"^(mon|tue|wed|thu|fri|sat|sun)$"), "mon, tue, wed, thu, fri, sat or sun"),
+}
+
+
+def check_timezone(name: str) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}; expected an IANA name such as Europe/Paris or UTC") from None
+    return name
 
 
 class Condition(Model):
@@ -123,6 +141,7 @@ class Condition(Model):
     op: Operator = "eq"
     values: list[str] = Field(default_factory=list)
     caseless: bool = False
+    tz: str | None = Field(None, description="time zone of time/weekday/date; settings.timezone when unset")
 
     @field_validator("values", mode="before")
     @classmethod
@@ -151,12 +170,23 @@ class Condition(Model):
                     ipaddress.ip_network(network, strict=False)
                 except ValueError:
                     raise ValueError(f"values[{index}]: expected a CIDR such as 10.0.0.0/8") from None
-        if self.op in ("gt", "ge", "lt", "le"):
+        if self.var in CLOCK_VARIABLES:
+            pattern, expected = _CLOCK_FORMATS[self.var]
+            for index, value in enumerate(self.values):
+                if not pattern.match(value):
+                    raise ValueError(f"values[{index}]: expected {expected}, got {value!r}")
+        elif self.tz is not None:
+            raise ValueError("tz applies only to time, weekday and date")
+        if self.tz is not None:
+            check_timezone(self.tz)
+        if self.op in ORDERING_OPERATORS and self.var not in CLOCK_VARIABLES:
             for index, number in enumerate(self.values):
                 try:
                     float(number)
                 except ValueError:
                     raise ValueError(f"values[{index}]: expected a number") from None
+        if self.var == "random" and self.op not in ORDERING_OPERATORS:
+            raise ValueError("random is a number from 0 to 100; compare it with lt, le, gt or ge")
         return self
 
 
@@ -183,8 +213,81 @@ class Action(Model):
 
 
 class Proxy(Action):
+    """Send the request to an upstream; `timeout` bounds the whole exchange (504 after it),
+    `backend_timeout` each attempt's wait for the response."""
+
     kind = "proxy"
     upstream: Name
+    timeout: Duration | None = None
+    backend_timeout: Duration | None = None
+
+
+class WeightedUpstream(Model):
+    upstream: Name
+    weight: int = Field(1, ge=0, le=10000)
+
+
+class Split(Action):
+    """Share requests among upstreams by weight; with `sticky`, one key stays on one upstream."""
+
+    kind = "split"
+    upstreams: list[WeightedUpstream] = Field(min_length=1)
+    sticky: HashKey | None = None
+    timeout: Duration | None = None
+    backend_timeout: Duration | None = None
+
+
+class Mirror(Action):
+    """Also send a copy of the request to `upstream`; its answer is discarded."""
+
+    kind = "mirror"
+    upstream: Name
+    percent: float = Field(100.0, ge=0, le=100)
+
+
+class Deny(Action):
+    kind = "deny"
+    status: int = Field(403, ge=400, le=599)
+    body: str = ""
+
+
+class RewriteQuery(Action):
+    """Replace the whole query (`query`), or set, add and remove arguments."""
+
+    kind = "rewrite-query"
+    query: str | None = None
+    set: dict[str, str] = Field(default_factory=dict)
+    add: dict[str, str] = Field(default_factory=dict)
+    remove: list[str] = Field(default_factory=list)
+
+
+class Cors(Action):
+    """Answer CORS preflights and add CORS headers to responses of allowed origins."""
+
+    kind = "cors"
+    allow_origins: list[str] = Field(min_length=1)
+    allow_methods: list[str] = Field(default_factory=lambda: ["GET", "HEAD", "POST"])
+    allow_headers: list[str] = Field(default_factory=list)
+    expose_headers: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: int | None = Field(None, ge=0)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        for index, origin in enumerate(value):
+            if origin != "*" and not re.match(r"^[a-z][a-z0-9+.-]*://(\*\.)?[A-Za-z0-9.-]+(:\d+)?$", origin):
+                raise ValueError(f"[{index}]: expected an origin such as https://app.example.com, "
+                                 f"https://*.example.com or *, got {origin!r}")
+        return value
+
+
+class SetVar(Action):
+    """Set a variable later rules can test with `{var: var, name: NAME}`."""
+
+    kind = "set-var"
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    value: str
 
 
 class HeaderChange(Action):
@@ -248,7 +351,8 @@ class Redirect(Action):
     scheme: Literal["http", "https"] | None = None
     host: str | None = None
     port: Port | None = None
-    path: str | None = None
+    path: str | None = Field(None, description="the new path; with `prefix`, what replaces that prefix")
+    prefix: str | None = Field(None, description="replace only this leading part of the path")
     keep_query: bool = True
 
 
@@ -263,11 +367,12 @@ class Respond(Action):
 ACTIONS: dict[str, type[Action]] = {
     cls.kind: cls
     for cls in (
-        Proxy, SetRequestHeader, AddRequestHeader, RemoveRequestHeader, SetResponseHeader,
-        AddResponseHeader, RemoveResponseHeader, RewritePath, Redirect, Respond,
+        Proxy, Split, Mirror, Deny, SetRequestHeader, AddRequestHeader, RemoveRequestHeader,
+        SetResponseHeader, AddResponseHeader, RemoveResponseHeader, RewritePath, RewriteQuery,
+        Redirect, Respond, Cors, SetVar,
     )
 }
-TERMINAL_ACTIONS = ("proxy", "redirect", "respond")
+TERMINAL_ACTIONS = ("proxy", "split", "redirect", "respond", "deny")
 
 
 def _action_kind(value: Any) -> str | None:
@@ -347,9 +452,49 @@ class AccessLog(Model):
     enabled: bool = True
 
 
+class Location(Model):
+    cidr: str
+    location: str
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError("expected a CIDR such as 10.0.0.0/8") from None
+        return value
+
+
 class Settings(Model):
     limits: Limits = Limits()
     access_log: AccessLog = AccessLog()
+    timezone: str = Field("UTC", description="time zone of time/weekday/date conditions without tz")
+    trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed")
+    locations: list[Location] = Field(default_factory=list, description="client address → location, longest prefix wins")
+    geoip_database: str | None = Field(None, description="a MaxMind .mmdb file; its country code is the location")
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        return check_timezone(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        for index, network in enumerate(value):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"[{index}]: expected a CIDR such as 10.0.0.0/8") from None
+        return value
+
+
+class GlobalRules(Model):
+    """Rules every application runs: `before` its own rules, or `after` them."""
+
+    before: list[Rule] = Field(default_factory=list)
+    after: list[Rule] = Field(default_factory=list)
 
 
 # --- the whole -----------------------------------------------------------------------
@@ -361,6 +506,7 @@ class Config(Model):
     nodes: list[Node] = Field(default_factory=list)
     settings: Settings = Settings()
     upstreams: list[Upstream] = Field(default_factory=list)
+    global_rules: GlobalRules = GlobalRules()
     applications: list[Application] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -383,15 +529,19 @@ class Config(Model):
             if node.cluster not in clusters:
                 errors.append(f"nodes[{index}].cluster: no cluster named {node.cluster!r}")
         claimed: dict[tuple[str, str, int], str] = {}
+        rule_lists = [(f"global_rules.{w}", getattr(self.global_rules, w)) for w in ("before", "after")]
+        rule_lists += [(f"applications[{a}].rules", app.rules) for a, app in enumerate(self.applications)]
+        for where, rules in rule_lists:
+            for r, rule in enumerate(rules):
+                for x, action in enumerate(rule.actions):
+                    for field, name in action_upstreams(action):
+                        if name not in upstreams:
+                            errors.append(f"{where}[{r}].actions[{x}].{action.kind}.{field}: "
+                                          f"no upstream named {name!r}; known: {sorted(upstreams)}")
         for a, app in enumerate(self.applications):
             for p, partition in enumerate(app.partitions):
                 if partition not in partitions:
                     errors.append(f"applications[{a}].partitions[{p}]: no partition named {partition!r}")
-            for r, rule in enumerate(app.rules):
-                for x, action in enumerate(rule.actions):
-                    if isinstance(action, Proxy) and action.upstream not in upstreams:
-                        errors.append(f"applications[{a}].rules[{r}].actions[{x}].proxy.upstream: "
-                                      f"no upstream named {action.upstream!r}; known: {sorted(upstreams)}")
             for d, domain in enumerate(app.domains):
                 for partition in app.partitions:
                     for port in app.ports:
@@ -405,3 +555,12 @@ class Config(Model):
 
     def upstream(self, name: str) -> Upstream:
         return next(u for u in self.upstreams if u.name == name)
+
+
+def action_upstreams(action: Action) -> list[tuple[str, str]]:
+    """(field path, upstream name) of every upstream an action refers to."""
+    if isinstance(action, (Proxy, Mirror)):
+        return [("upstream", action.upstream)]
+    if isinstance(action, Split):
+        return [(f"upstreams[{i}].upstream", w.upstream) for i, w in enumerate(action.upstreams)]
+    return []

@@ -93,7 +93,7 @@ def _problems(error: ValidationError, lines: dict[str, int]) -> list[Problem]:
     return problems
 
 
-_RELATIVE = re.compile(r"^([a-z_]+(?:\[\d+\])?): (.*)$", re.DOTALL)
+_RELATIVE = re.compile(r"^([a-z_]*(?:\[\d+\])?): (.*)$", re.DOTALL)
 
 
 def _join_relative(path: str, message: str) -> tuple[str, str]:
@@ -102,6 +102,10 @@ def _join_relative(path: str, message: str) -> tuple[str, str]:
     if not match:
         return path, message
     relative, text = match.groups()
+    if not relative:
+        return path, message
+    if relative.startswith("["):
+        return path + relative, text
     field = relative.split("[", 1)[0]
     if path == field or path.endswith("." + field):
         path = path[: len(path) - len(field)].rstrip(".")
@@ -109,7 +113,7 @@ def _join_relative(path: str, message: str) -> tuple[str, str]:
 
 
 def _top_level_fields() -> tuple[str, ...]:
-    return tuple(f"{name}[" for name in Config.model_fields)
+    return tuple(f"{name}{sep}" for name in Config.model_fields for sep in "[.")
 
 
 def _with_input(message: str, item: dict[str, Any]) -> str:

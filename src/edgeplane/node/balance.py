@@ -8,12 +8,11 @@ primary is available. Balancers read endpoint state; they never change it.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
 from typing import Any
 
+from ..lang.keys import key_getter, stable_hash
 from .endpoints import Endpoint
 
 Weighted = list[tuple[Endpoint, int]]
@@ -82,27 +81,6 @@ class LeastConnections(Balancer):
         return best
 
 
-def stable_hash(data: bytes) -> int:
-    """A hash equal in every process and node (Python's own hash() is salted)."""
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
-
-
-def hash_key_getter(spec: str) -> Callable[[Any], bytes]:
-    kind, _, name = spec.partition(":")
-    if kind == "client-ip":
-        return lambda request: request.client_ip.encode()
-    if kind == "uri":
-        return lambda request: request.target
-    if kind == "path":
-        return lambda request: request.path.encode("latin-1", "replace")
-    if kind == "header":
-        lname = name.lower()
-        return lambda request: ",".join(request.header(lname)).encode("latin-1")
-    if kind == "cookie":
-        return lambda request: ",".join(request.cookie(name)).encode("latin-1")
-    raise ValueError(f"unknown hash key {spec!r}")
-
-
 class ConsistentHash(Balancer):
     """A hash ring with 160 points per unit of weight: adding one of N endpoints moves ~1/N keys."""
 
@@ -110,7 +88,7 @@ class ConsistentHash(Balancer):
 
     def __init__(self, primaries: Weighted, backups: Weighted, key: str):
         super().__init__(primaries, backups)
-        self.key = hash_key_getter(key)
+        self.key = key_getter(key)
         self.rings = {id(tier): self._ring(tier) for tier in self.tiers}
 
     def _ring(self, tier: Weighted) -> tuple[list[int], list[Endpoint]]:

@@ -19,6 +19,7 @@ import httptools
 
 from ..lang.compile import LocalResponse
 from .exchange import Exchange
+from .locate import real_client
 from .request import Request
 from .wire import (
     CONNECTION,
@@ -68,7 +69,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_bytes",
-        "dispatching", "write_paused", "dropped_hop", "rejected",
+        "head_raw", "dispatching", "write_paused", "dropped_hop", "rejected",
     )
 
     def __init__(self, worker: Worker, port: int):
@@ -86,7 +87,8 @@ class ClientConnection(asyncio.Protocol):
         self.write_deadline = 0.0
         self.closing = False
         self.in_head = False
-        self.head_bytes = 0
+        self.head_bytes = 0  # header lines parsed so far, counted exactly
+        self.head_raw = 0    # bytes received while a head was incomplete; bounds a head that never ends
         self.dispatching = False
         self.write_paused = False
         self.dropped_hop: list[bytes] | None = None
@@ -123,8 +125,8 @@ class ClientConnection(asyncio.Protocol):
             self.reject(400, f"malformed request: {error}")
         else:
             if self.in_head:
-                self.head_bytes += len(data)
-                if self.head_bytes > self.worker.runtime.limits.max_header_size:
+                self.head_raw += len(data)
+                if self.head_raw > self.worker.runtime.limits.max_header_size:
                     self.reject(431, "request head larger than the node accepts")
         if self.active is None and self.queue:
             self.dispatch()
@@ -165,6 +167,7 @@ class ClientConnection(asyncio.Protocol):
         self.current = request
         self.in_head = True
         self.head_bytes = 0
+        self.head_raw = 0
         self.dropped_hop = None
         self.deadline = request.start + self.worker.runtime.limits.client_header_timeout
 
@@ -228,7 +231,9 @@ class ClientConnection(asyncio.Protocol):
         request.method = method
         request.method_bytes = raw_method
         request.keep_alive = parser.should_keep_alive()
-        request.client_ip = self.peer_ip.decode()
+        runtime = self.worker.runtime
+        request.client_ip = (real_client(self.peer_ip.decode(), request.forwarded_for, runtime.trusted)
+                             if runtime.trusted and request.forwarded_for else self.peer_ip.decode())
         self.resolve_target(request)
         if self.dropped_hop:
             dropped = self.dropped_hop

@@ -13,6 +13,7 @@ from time import monotonic, time
 from typing import TYPE_CHECKING
 
 from ..lang.compile import LocalResponse
+from .mirror import MirrorExchange
 from .upstream import UpstreamConnection
 from .wire import (
     CONNECTION,
@@ -24,6 +25,7 @@ from .wire import (
     connection_tokens,
     error_response,
     header_class,
+    request_head,
     serialize_local,
     status_line,
 )
@@ -45,7 +47,8 @@ class Exchange:
         "tried", "reused", "retried", "replay", "replay_size", "pending_head", "head_sent",
         "final_head", "status", "chunk_out", "until_close", "head_only", "keep_client",
         "bytes_out", "done", "started", "wall", "connected_at", "sent_at", "upstream_status",
-        "error", "continue_sent", "last_error", "timed_out", "upstream_keep",
+        "error", "continue_sent", "last_error", "timed_out", "upstream_keep", "deadline",
+        "try_deadline", "timeout", "backend_timeout",
     )
 
     def __init__(self, client: ClientConnection, request: Request, runtime: Runtime):
@@ -83,6 +86,10 @@ class Exchange:
         self.last_error = ""
         self.timed_out = False
         self.upstream_keep = False
+        self.deadline = 0.0      # the route's timeout for the whole exchange
+        self.try_deadline = 0.0  # the route's backend timeout for this attempt
+        self.timeout: float | None = None
+        self.backend_timeout: float | None = None
 
     # --- route phase ------------------------------------------------------------------
 
@@ -99,7 +106,12 @@ class Exchange:
         elif isinstance(outcome, LocalResponse):
             self.respond(outcome)
         else:
-            self.upstream = outcome
+            self.upstream = outcome.upstream
+            self.timeout, self.backend_timeout = outcome.timeout, outcome.backend_timeout
+            if self.timeout or self.backend_timeout:
+                if self.timeout:
+                    self.deadline = self.started + self.timeout
+                self.client.worker.timed.add(self)
             self.connect()
 
     # --- local responses --------------------------------------------------------------
@@ -174,6 +186,8 @@ class Exchange:
         self.client.worker.busy.add(connection)
         now = monotonic()
         self.connected_at = now
+        if self.backend_timeout:
+            self.try_deadline = now + self.backend_timeout
         parts = [self.request_head()]
         body = request.body
         if body:
@@ -185,6 +199,7 @@ class Exchange:
             parts.append(self.body_end())
             self.sent_at = now
             connection.deadline = now + self.upstream.timeouts.read
+            self.send_mirrors()
         else:
             request.exchange = self
             if request.expect_continue and not body and not self.continue_sent:
@@ -194,24 +209,28 @@ class Exchange:
         connection.write(b"".join(parts))
 
     def request_head(self) -> bytes:
-        request, upstream = self.request, self.upstream
-        parts = [request.method_bytes, b" ", request.target, b" HTTP/1.1\r\nHost: ",
-                 upstream.host_header or request.host_header or self.endpoint.label.encode(),
-                 b"\r\n"]
-        for name, value in request.headers:
-            parts += (name, b": ", value, b"\r\n")
-        client_ip = self.client.peer_ip
-        parts += (b"X-Forwarded-For: ", request.forwarded_for + b", " + client_ip if request.forwarded_for
-                  else client_ip, b"\r\nX-Forwarded-Proto: ", request.scheme_bytes,
-                  b"\r\nX-Forwarded-Host: ", request.host_header, b"\r\nX-Request-Id: ",
-                  request.request_id, b"\r\n")
+        request = self.request
         if request.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+            framing = b"Transfer-Encoding: chunked\r\n\r\n"
         elif request.content_length >= 0:
-            parts.append(b"Content-Length: %d\r\n\r\n" % request.content_length)
+            framing = b"Content-Length: %d\r\n\r\n" % request.content_length
         else:
-            parts.append(b"\r\n")
-        return b"".join(parts)
+            framing = b"\r\n"
+        return request_head(request, self.upstream, self.endpoint.label, self.client.peer_ip, framing)
+
+    def send_mirrors(self) -> None:
+        """Copies go out once the whole request is known; their fate never touches this one."""
+        request = self.request
+        if not request.mirrors:
+            return
+        worker = self.client.worker
+        if self.replay is None:
+            for upstream in request.mirrors:
+                worker.metrics.mirrored(upstream.name, "skipped-body-too-large")
+            return
+        body = b"".join(self.replay)
+        for upstream in request.mirrors:
+            MirrorExchange(worker, upstream, request, self.client.peer_ip, body).start()
 
     def encode_body(self, chunk: bytes) -> bytes:
         return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.request.chunked else chunk
@@ -249,6 +268,7 @@ class Exchange:
         self.sent_at = monotonic()
         if not self.final_head:
             connection.deadline = self.sent_at + self.upstream.timeouts.read
+        self.send_mirrors()
 
     # --- response, from the upstream connection ---------------------------------------
 
@@ -374,6 +394,14 @@ class Exchange:
         self.endpoint.failed(monotonic())
         self.upstream_failed(f"upstream {self.endpoint.label} did not answer within {read:g}s", 504)
 
+    def check_deadline(self, now: float) -> None:
+        """The route's own timeouts (Gateway API `timeouts.request` / `backendRequest`)."""
+        if self.deadline and now >= self.deadline:
+            self.abandon(504, f"request did not complete within the route's {self.timeout:g}s timeout")
+        elif self.try_deadline and now >= self.try_deadline and self.conn is not None and not self.final_head:
+            self.abandon(504, f"upstream {self.endpoint.label} did not answer within the route's "
+                              f"{self.backend_timeout:g}s backend timeout")
+
     def upstream_failed(self, cause: str, status: int) -> None:
         self.abandon(status, cause)
 
@@ -430,5 +458,8 @@ class Exchange:
             return
         self.done = True
         self.request.exchange = None
+        if self.timeout or self.backend_timeout:
+            self.client.worker.timed.discard(self)
         self.client.worker.observe(self)
         self.client.exchange_finished(self, keep_alive)
+

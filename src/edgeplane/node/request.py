@@ -31,7 +31,7 @@ class Request:
         "method", "target", "version", "headers", "host", "client_ip", "scheme", "keep_alive",
         "chunked", "content_length", "expect_continue", "request_id", "forwarded_for",
         "body", "body_size", "complete", "exchange", "trailers", "_path", "_args", "_cookies",
-        "_lookup", "uri_path", "query", "start", "method_bytes", "scheme_bytes", "host_header", "port",
+        "_lookup", "uri_path", "query", "start", "method_bytes", "scheme_bytes", "host_header", "port", "sni", "variables", "mirrors",
     )
 
     def __init__(self) -> None:
@@ -64,6 +64,9 @@ class Request:
         self.scheme_bytes = b"http"
         self.host_header: bytes | None = None
         self.port = 0  # the listener's
+        self.sni = ""
+        self.variables: dict[str, str] | None = None
+        self.mirrors: list | None = None
 
     # --- variables rules read ---------------------------------------------------------
 
@@ -119,6 +122,20 @@ class Request:
     def set_host(self, value: bytes) -> None:
         self.host_header = value
         self.host = value.decode("latin-1").lower().partition(":")[0]
+
+    def variable(self, name: str) -> list[str]:
+        value = self.variables.get(name) if self.variables else None
+        return [] if value is None else [value]
+
+    def set_variable(self, name: str, value: str) -> None:
+        if self.variables is None:
+            self.variables = {}
+        self.variables[name] = value
+
+    def add_mirror(self, upstream: object) -> None:
+        if self.mirrors is None:
+            self.mirrors = []
+        self.mirrors.append(upstream)
 
     def headers_changed(self) -> None:
         self._lookup = None

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from ..lang.compile import compile_rules
+from ..lang.compile import CompileContext, compile_rules
 from ..model.config import AccessLog, Config, Limits, UpstreamTimeouts
 from ..model.load import dump
 from .balance import Balancer, make_balancer
 from .endpoints import EndpointRegistry
+from .locate import PrefixTable, locator
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,7 @@ class Runtime:
     access_log: AccessLog
     ports: dict[int, HostTable]
     upstreams: dict[str, UpstreamRuntime]
+    trusted: PrefixTable
 
     def lookup(self, port: int, host: str) -> AppRuntime | None:
         table = self.ports.get(port)
@@ -97,11 +99,16 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
             host_header=upstream.host.encode("latin-1") if upstream.host else None,
             keys=frozenset(e.key for e, _ in primaries + backups),
         )
+    settings = config.settings
+    context = CompileContext(
+        timezone=settings.timezone,
+        locate=locator([(entry.cidr, entry.location) for entry in settings.locations], settings.geoip_database))
     ports: dict[int, HostTable] = {}
     for app in config.applications:
         if partition not in app.partitions:
             continue
-        compiled = AppRuntime(app.name, compile_rules(app.rules, upstreams))
+        route = compile_rules(app.rules, upstreams, context, config.global_rules.before, config.global_rules.after)
+        compiled = AppRuntime(app.name, route)
         for port in app.ports:
             table = ports.setdefault(port, HostTable())
             for domain in app.domains:
@@ -113,6 +120,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
         access_log=config.settings.access_log,
         ports=ports,
         upstreams=upstreams,
+        trusted=PrefixTable([(cidr, "trusted") for cidr in settings.trusted_proxies]),
     )
 
 

@@ -30,6 +30,7 @@ class Metrics:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
         self.latency: dict[str, list] = {}   # upstream → [bucket counts..., sum, count]
+        self.mirrors: dict[tuple[str, str], int] = {}
 
     def record(self, application: str, status: int, upstream: str | None, seconds: float) -> None:
         key = (application, STATUS_CLASSES[min(max(status // 100, 1), 5) - 1])
@@ -42,24 +43,32 @@ class Metrics:
             series[-2] += seconds
             series[-1] += 1
 
+    def mirrored(self, upstream: str, result: str) -> None:
+        key = (upstream, result)
+        self.mirrors[key] = self.mirrors.get(key, 0) + 1
+
     def snapshot(self) -> dict:
         return {
             "requests": [[app, cls, n] for (app, cls), n in self.requests.items()],
+            "mirrors": [[upstream, result, n] for (upstream, result), n in self.mirrors.items()],
             "latency": {name: list(series) for name, series in self.latency.items()},
         }
 
 
 def merge(snapshots: list[dict]) -> dict:
     requests: dict[tuple[str, str], int] = {}
+    mirrors: dict[tuple[str, str], int] = {}
     latency: dict[str, list] = {}
     for snap in snapshots:
         for app, cls, n in snap["requests"]:
             requests[(app, cls)] = requests.get((app, cls), 0) + n
+        for upstream, result, n in snap.get("mirrors", ()):
+            mirrors[(upstream, result)] = mirrors.get((upstream, result), 0) + n
         for name, series in snap["latency"].items():
             into = latency.setdefault(name, [0] * len(series))
             for i, value in enumerate(series):
                 into[i] += value
-    return {"requests": requests, "latency": latency}
+    return {"requests": requests, "latency": latency, "mirrors": mirrors}
 
 
 def render_prometheus(merged: dict, gauges: dict[str, float], versions: list[str], dropped: int) -> str:
@@ -77,6 +86,10 @@ def render_prometheus(merged: dict, gauges: dict[str, float], versions: list[str
             lines.append(f'edgeplane_upstream_response_seconds_bucket{{upstream="{_label(name)}",le="{le}"}} {cumulative}')
         lines.append(f'edgeplane_upstream_response_seconds_sum{{upstream="{_label(name)}"}} {series[-2]}')
         lines.append(f'edgeplane_upstream_response_seconds_count{{upstream="{_label(name)}"}} {series[-1]}')
+    lines += ["# HELP edgeplane_mirror_requests_total Mirrored copies, by shadow upstream and result.",
+              "# TYPE edgeplane_mirror_requests_total counter"]
+    for (upstream, result), n in sorted(merged.get("mirrors", {}).items()):
+        lines.append(f'edgeplane_mirror_requests_total{{upstream="{_label(upstream)}",result="{result}"}} {n}')
     for name, value in gauges.items():
         kind = "counter" if name.endswith("_total") else "gauge"
         lines += [f"# TYPE edgeplane_{name} {kind}", f"edgeplane_{name} {value}"]

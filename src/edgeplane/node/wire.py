@@ -8,6 +8,7 @@ only for names whose length matches a special header, so ordinary headers cost o
 from __future__ import annotations
 
 from http import HTTPStatus
+from typing import Any
 
 from ..lang.compile import LocalResponse
 
@@ -104,3 +105,18 @@ def connection_header(keep_alive: bool, http10: bool) -> bytes:
     if not keep_alive:
         return b"Connection: close\r\n"
     return b"Connection: keep-alive\r\n" if http10 else b""
+
+
+def request_head(request: Any, upstream: Any, endpoint_label: str, client_ip: bytes,
+                 framing: bytes, extra: bytes = b"") -> bytes:
+    """The request line and headers sent upstream: the client's end-to-end headers as rules
+    left them, Host, the X-Forwarded-* set, the request id, then `extra` and `framing`."""
+    parts = [request.method_bytes, b" ", request.target, b" HTTP/1.1\r\nHost: ",
+             upstream.host_header or request.host_header or endpoint_label.encode(), b"\r\n"]
+    for name, value in request.headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts += (b"X-Forwarded-For: ", request.forwarded_for + b", " + client_ip if request.forwarded_for
+              else client_ip, b"\r\nX-Forwarded-Proto: ", request.scheme_bytes,
+              b"\r\nX-Forwarded-Host: ", request.host_header, b"\r\nX-Request-Id: ",
+              request.request_id, b"\r\n", extra, framing)
+    return b"".join(parts)

@@ -20,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from ..model.load import ConfigError, load
+from ..model.load import ConfigError, Problem, load
 from .client import ClientConnection, Rejection
 from .endpoints import EndpointRegistry
 from .exchange import Exchange
@@ -64,7 +64,9 @@ class Worker:
         self.runtime: Runtime = None
         self.connections: set[ClientConnection] = set()
         self.busy: set = set()
+        self.timed: set[Exchange] = set()  # exchanges with route timeouts
         self.listeners: dict[int, asyncio.AbstractServer] = {}
+        self.control: asyncio.AbstractServer | None = None
         self.draining = False
         self.metrics = Metrics()
         self.access_log = AccessLog(access_log)
@@ -109,7 +111,7 @@ class Worker:
 
     @staticmethod
     def client_ip(exchange: Exchange) -> str:
-        return exchange.client.peer_ip.decode()
+        return exchange.request.client_ip or exchange.client.peer_ip.decode()
 
     def log_rejection(self, client: ClientConnection, rejection: Rejection) -> None:
         self.metrics.record("-", rejection.status, None, 0.0)
@@ -131,7 +133,11 @@ class Worker:
 
     def load_runtime(self) -> Runtime:
         config = load(self.config_path)
-        return compile_runtime(config, self.registry, self.partition)
+        try:
+            return compile_runtime(config, self.registry, self.partition)
+        except (ValueError, OSError) as error:
+            # Valid by the model but not compilable here (e.g. an unreadable GeoIP file).
+            raise ConfigError(str(self.config_path), [Problem("", f"cannot compile: {error}")]) from None
 
     def reload(self, reason: str) -> bool:
         self.signature = self.file_signature()
@@ -212,6 +218,8 @@ class Worker:
         for connection in list(self.connections):
             if connection.deadline or connection.write_deadline:
                 connection.check_deadline(now)
+        for exchange in list(self.timed):
+            exchange.check_deadline(now)
         for upstream in list(self.busy):
             if upstream.deadline and now >= upstream.deadline and upstream.exchange is not None:
                 upstream.exchange.upstream_timeout()
@@ -221,7 +229,8 @@ class Worker:
             return
         if os.path.exists(self.control_path):
             os.unlink(self.control_path)
-        await asyncio.start_unix_server(self.answer_control, path=self.control_path)
+        # Held, not dropped: uvloop closes a unix server once it is garbage-collected.
+        self.control = await asyncio.start_unix_server(self.answer_control, path=self.control_path)
 
     async def answer_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -1,0 +1,125 @@
+"""Traffic mirroring: one copy of a finished request to a shadow upstream, answer discarded.
+
+A mirror exchange borrows a pooled upstream connection like a real exchange does, but
+nothing it meets (no server, a refused connection, an error, a slow answer) reaches the
+client or delays it: each outcome is only counted in `edgeplane_mirror_requests_total`.
+Mirrored requests carry `X-Edgeplane-Mirror: 1` so the shadow service can tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from time import monotonic
+from typing import TYPE_CHECKING, Any
+
+from .upstream import UpstreamConnection
+from .wire import request_head
+
+if TYPE_CHECKING:
+    from .endpoints import Endpoint
+    from .worker import Worker
+
+MIRROR_MARK = b"X-Edgeplane-Mirror: 1\r\n"
+
+
+class MirrorExchange:
+    __slots__ = ("worker", "upstream", "request", "data", "endpoint", "conn", "final_head", "head_only")
+
+    def __init__(self, worker: Worker, upstream: Any, request: Any, client_ip: bytes, body: bytes):
+        self.worker = worker
+        self.upstream = upstream
+        self.request = request
+        self.endpoint: Endpoint | None = None
+        self.conn: UpstreamConnection | None = None
+        self.final_head = False
+        self.head_only = request.method == "HEAD"
+        framing = b"Content-Length: %d\r\n\r\n" % len(body) if body or request.content_length >= 0 else b"\r\n"
+        self.data = (client_ip, framing, body)
+
+    def start(self) -> None:
+        endpoint = self.upstream.balancer.pick(self.request, monotonic(), ())
+        if endpoint is None:
+            self.done("no-server")
+            return
+        self.endpoint = endpoint
+        connection = endpoint.take_idle()
+        if connection is not None:
+            self.attach(connection)
+        else:
+            self.worker.spawn(self.open(endpoint))
+
+    async def open(self, endpoint: Endpoint) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.address, endpoint.port),
+                self.upstream.timeouts.connect or None)
+        except (TimeoutError, OSError):
+            endpoint.failed(monotonic())
+            self.done("connect-failed")
+            return
+        endpoint.connects += 1
+        self.attach(connection)
+
+    def attach(self, connection: UpstreamConnection) -> None:
+        self.conn = connection
+        connection.exchange = self
+        connection.received = False
+        self.endpoint.active += 1
+        self.worker.busy.add(connection)
+        connection.deadline = monotonic() + self.upstream.timeouts.read
+        client_ip, framing, body = self.data
+        head = request_head(self.request, self.upstream, self.endpoint.label, client_ip, framing, MIRROR_MARK)
+        connection.write(head + body)
+
+    # --- the upstream connection's calls (the same interface an Exchange offers) ---------
+
+    def upstream_data_arrived(self, connection: UpstreamConnection) -> None:
+        connection.deadline = monotonic() + self.upstream.timeouts.read
+
+    def response_head(self, status: int, reason: bytes, headers: list) -> None:
+        if status < 200:
+            return
+        self.final_head = True
+        if self.head_only:
+            keep = self.conn.parser.should_keep_alive()
+            self.conn.restart_parser()
+            self.response_complete(keep)
+
+    def response_body(self, chunk: bytes) -> None:
+        return  # discarded by design: the shadow's answer goes nowhere
+
+    def response_complete(self, keep_upstream: bool) -> None:
+        if self.final_head:
+            self.release(keep_upstream)
+            self.done("answered")
+
+    def upstream_lost(self, connection: UpstreamConnection, exc: Exception | None) -> None:
+        self.upstream_failed("closed", 502)
+
+    def upstream_failed(self, cause: str, status: int) -> None:
+        self.release(False)
+        self.done("failed")
+
+    def upstream_timeout(self) -> None:
+        self.upstream_failed("timeout", 504)
+
+    def upstream_paused(self, paused: bool) -> None:
+        return  # a mirror's body is sent whole; nothing to hold back
+
+    # --- the end ----------------------------------------------------------------------
+
+    def release(self, keep: bool) -> None:
+        connection, self.conn = self.conn, None
+        if connection is None:
+            return
+        self.endpoint.active -= 1
+        self.worker.busy.discard(connection)
+        connection.detach()
+        if keep:
+            self.endpoint.give_back(connection, monotonic())
+        else:
+            connection.close()
+
+    def done(self, result: str) -> None:
+        self.worker.metrics.mirrored(self.upstream.name, result)
