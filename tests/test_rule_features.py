@@ -307,3 +307,32 @@ def test_global_rules_run_before_and_after_each_applications_own(node):
         assert call(port, "/missing", host=f"{name}.test")[2] == b"global fallback"
     rules_logged = [entry["rule"] for entry in started.access_log(wait_for=6)]
     assert rules_logged[:3] == [0, "global.before[0]", "global.after[0]"]
+
+
+def test_location_falls_back_to_the_geoip_database_country(node, tmp_path):
+    import netaddr
+    from mmdb_writer import MMDBWriter
+    writer = MMDBWriter(ip_version=4, database_type="GeoIP2-Country")
+    writer.insert_network(netaddr.IPSet(["127.0.0.0/8"]), {"country": {"iso_code": "ZZ"}})
+    database = tmp_path / "country.mmdb"
+    writer.to_db_file(str(database))
+    port = free_port()
+    rules = [{"conditions": [{"var": "location", "op": "eq", "values": ["ZZ"]}], "actions": [{"respond": {"body": "zz"}}]},
+             {"actions": [{"respond": {"body": "unknown"}}]}]
+    node(config(port, rules, [], settings={"geoip_database": str(database),
+                                           "locations": [{"cidr": "10.0.0.0/8", "location": "office"}]}))
+    assert call(port)[2] == b"zz"
+
+
+def test_an_unreadable_geoip_database_refuses_the_config_and_keeps_the_old(node, tmp_path):
+    port = free_port()
+    rules = [{"actions": [{"respond": {"body": "v1"}}]}]
+    started = node(config(port, rules, []))
+    before = started.versions()
+    started.write_config(config(port, [{"actions": [{"respond": {"body": "v2"}}]}], [],
+                                settings={"geoip_database": str(tmp_path / "missing.mmdb")}))
+    deadline = time.monotonic() + 5
+    while "cannot compile" not in started.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "cannot compile" in started.stderr_text()
+    assert started.versions() == before and call(port)[2] == b"v1"

@@ -147,9 +147,13 @@ def _value_test(condition: Condition) -> Callable[[str], bool]:
     if op == "contains":
         return folded(lambda s: any(v in s for v in values))
     if op in ("regex", "not-regex"):
-        search = re.compile("|".join(f"(?:{v})" for v in condition.values),
-                            re.IGNORECASE if caseless else 0).search
-        return lambda s: search(s) is not None
+        # Each pattern on its own: joined, one pattern's inline flags would break the others.
+        flags = re.IGNORECASE if caseless else 0
+        searches = [re.compile(pattern, flags).search for pattern in condition.values]
+        if len(searches) == 1:
+            search = searches[0]
+            return lambda s: search(s) is not None
+        return lambda s: any(search(s) is not None for search in searches)
     if op in ("cidr", "not-cidr"):
         networks = [ipaddress.ip_network(v, strict=False) for v in condition.values]
 

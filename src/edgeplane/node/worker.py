@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -135,7 +136,7 @@ class Worker:
         config = load(self.config_path)
         try:
             return compile_runtime(config, self.registry, self.partition)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, re.error) as error:
             # Valid by the model but not compilable here (e.g. an unreadable GeoIP file).
             raise ConfigError(str(self.config_path), [Problem("", f"cannot compile: {error}")]) from None
 
