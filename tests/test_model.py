@@ -8,10 +8,11 @@ import sys
 import textwrap
 
 import pytest
-from conftest import ENV
 
 from edgeplane.model import ConfigError, dump, parse
 from edgeplane.model.types import parse_duration, parse_size
+
+from conftest import ENV
 
 VALID = textwrap.dedent("""\
     upstreams:

@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ENV, ROOT, free_port, wait_port
 
 from edgeplane.model import load
+
+from conftest import ENV, ROOT, free_port, wait_port
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 

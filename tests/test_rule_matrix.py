@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 
 import pytest
+
 from conftest import free_port
 
 # (condition, matching request, non-matching request); a request is (method, target, headers, version)

@@ -6,11 +6,12 @@ import http.client
 import json
 
 import pytest
-from conftest import app_config, free_port
 
 from edgeplane.lang.compile import LocalResponse, compile_condition, compile_rules
 from edgeplane.model.config import Condition, Rule
 from edgeplane.node.request import Request, normalize_path
+
+from conftest import app_config, free_port
 
 
 def request(target: str = "/", method: str = "GET", host: str = "example.com",
