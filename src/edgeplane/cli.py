@@ -14,7 +14,8 @@ import sys
 
 import uvloop
 
-from .model.load import ConfigError, dump, load
+from .model.config import Config, Rule
+from .model.load import ConfigError, Problem, dump, load
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -98,6 +99,123 @@ def cmd_up(args: argparse.Namespace) -> int:
                 child.kill()
 
 
+def _read_rules(path: str) -> list[Rule]:
+    from .lang.parser import parse_rules
+    try:
+        with open(path, encoding="utf-8") as file:
+            return parse_rules(file.read(), path)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(path, [Problem("", f"cannot read: {error}")]) from None
+
+
+def cmd_rules_fmt(args: argparse.Namespace) -> int:
+    """Print a rule-language file in its canonical layout (comments are not kept)."""
+    from .lang.printer import format_rules
+    try:
+        sys.stdout.write(format_rules(_read_rules(args.file)))
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rules_to_yaml(args: argparse.Namespace) -> int:
+    """Print a rule-language file as YAML `rules:`, or, with --into, as that whole config with
+    the application's rules replaced (validated, so upstream names are checked)."""
+    import yaml
+
+    from .model.load import parse
+    try:
+        rules = [rule.model_dump(mode="json", exclude_defaults=True) for rule in _read_rules(args.file)]
+        if not args.into:
+            sys.stdout.write(yaml.safe_dump({"rules": rules}, sort_keys=False, allow_unicode=True))
+            return 0
+        config = load(args.into)
+        data = config.model_dump(mode="json", exclude_defaults=True)
+        data["applications"][_app_index(config, args.app, args.into)]["rules"] = rules
+        sys.stdout.write(dump(parse(yaml.safe_dump(data, sort_keys=False), args.into)))
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_rules_from_yaml(args: argparse.Namespace) -> int:
+    """Print an application's rules from a YAML/JSON config in the rule language."""
+    from .lang.printer import format_rules
+    try:
+        config = load(args.file)
+        sys.stdout.write(format_rules(config.applications[_app_index(config, args.app, args.file)].rules))
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _app_index(config: Config, name: str | None, source: str) -> int:
+    names = [app.name for app in config.applications]
+    if name in names:
+        return names.index(name)
+    if name is None and len(names) == 1:
+        return 0
+    wanted = f"no application named {name!r}" if name else "several applications"
+    raise ConfigError(source, [Problem("applications", f"{wanted}; choose one with --app: {', '.join(names) or '(none)'}")])
+
+
+def _port_pair(text: str) -> tuple[int, int]:
+    gateway, sep, node = text.partition("=")
+    if not (sep and gateway.isdigit() and node.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected GATEWAY_PORT=NODE_PORT such as 80=8080, got {text!r}")
+    return int(gateway), int(node)
+
+
+def _write_output(path: str | None, text: str) -> None:
+    if path:
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
+    else:
+        sys.stdout.write(text)
+
+
+def cmd_import_gateway_api(args: argparse.Namespace) -> int:
+    """Translate Gateway API manifests into a config; every part not translated is printed."""
+    from .model.gateway_api import import_gateway_api, read_endpoints, read_manifests
+    try:
+        endpoints = read_endpoints(args.endpoints) if args.endpoints else {}
+        config, warnings = import_gateway_api(read_manifests(args.file), endpoints, dict(args.port or []))
+        _write_output(args.output, dump(config))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    rules = sum(len(a.rules) for a in config.applications)
+    print(f"imported {len(config.applications)} applications, {rules} rules, {len(config.upstreams)} upstreams; "
+          f"{len(warnings)} warning(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_export_gateway_api(args: argparse.Namespace) -> int:
+    """Print a config as a Gateway and HTTPRoutes; every part not expressible is printed."""
+    import yaml
+
+    from .model.gateway_api import export_gateway_api, format_endpoints
+    try:
+        documents, endpoints, warnings = export_gateway_api(load(args.file), args.namespace)
+        _write_output(args.output, yaml.safe_dump_all(documents, sort_keys=False))
+        if args.endpoints:
+            _write_output(args.endpoints, yaml.safe_dump(format_endpoints(endpoints), sort_keys=False))
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="edgeplane", description="Traffic-management platform.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -132,6 +250,38 @@ def parser() -> argparse.ArgumentParser:
     echo.add_argument("--listen", default="127.0.0.1:9001")
     echo.add_argument("--name", default="demo-backend")
     echo.set_defaults(run=cmd_echo)
+    rules = sub.add_parser("rules", help="the rule language: format, convert to and from YAML")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    fmt = rules_sub.add_parser("fmt", help="print a rules file in canonical form")
+    fmt.add_argument("-f", "--file", required=True, help="rules in the rule language (.edge)")
+    fmt.set_defaults(run=cmd_rules_fmt)
+    to_yaml = rules_sub.add_parser("to-yaml", help="print a rules file as YAML")
+    to_yaml.add_argument("-f", "--file", required=True, help="rules in the rule language (.edge)")
+    to_yaml.add_argument("--into", metavar="CONFIG", help="print this config with --app's rules replaced")
+    to_yaml.add_argument("--app", help="the application of --into (needed when it has several)")
+    to_yaml.set_defaults(run=cmd_rules_to_yaml)
+    from_yaml = rules_sub.add_parser("from-yaml", help="print an application's rules in the rule language")
+    from_yaml.add_argument("-f", "--file", required=True, help="YAML or JSON config")
+    from_yaml.add_argument("--app", help="the application (needed when the config has several)")
+    from_yaml.set_defaults(run=cmd_rules_from_yaml)
+    importer = sub.add_parser("import", help="translate other formats into a config")
+    import_sub = importer.add_subparsers(dest="import_format", required=True)
+    gateway_in = import_sub.add_parser("gateway-api", help="Kubernetes Gateway API manifests → config")
+    gateway_in.add_argument("-f", "--file", action="append", required=True,
+                            help="manifest file or directory (repeatable)")
+    gateway_in.add_argument("--endpoints", help="YAML file: services: {NAMESPACE/NAME:PORT: [ADDRESS:PORT, ...]}")
+    gateway_in.add_argument("--port", action="append", type=_port_pair, metavar="GATEWAY=NODE",
+                            help="serve a Gateway listener port on another node port (repeatable)")
+    gateway_in.add_argument("-o", "--output", help="write the config here instead of stdout")
+    gateway_in.set_defaults(run=cmd_import_gateway_api)
+    exporter = sub.add_parser("export", help="translate a config into other formats")
+    export_sub = exporter.add_subparsers(dest="export_format", required=True)
+    gateway_out = export_sub.add_parser("gateway-api", help="config → Gateway and HTTPRoute manifests")
+    gateway_out.add_argument("-f", "--file", required=True, help="YAML or JSON config")
+    gateway_out.add_argument("--namespace", default="default", help="namespace of the manifests")
+    gateway_out.add_argument("--endpoints", metavar="FILE", help="also write the endpoints file of the Services")
+    gateway_out.add_argument("-o", "--output", help="write the manifests here instead of stdout")
+    gateway_out.set_defaults(run=cmd_export_gateway_api)
     return top
 
 

@@ -137,7 +137,8 @@ def check_timezone(name: str) -> str:
 
 class Condition(Model):
     var: Variable
-    name: str | None = Field(None, description="header, cookie or query argument name")
+    name: Annotated[str, Field(pattern=r"^[^\s\x00-\x1f]+$")] | None = Field(
+        None, description="header, cookie, query argument or variable name")
     op: Operator = "eq"
     values: list[str] = Field(default_factory=list)
     caseless: bool = False
@@ -337,6 +338,8 @@ class RewritePath(Action):
             raise ValueError("give exactly one of path, prefix or regex")
         if self.path is not None and not self.path.startswith("/"):
             raise ValueError("path must start with '/'")
+        if self.path is not None and self.replacement:
+            raise ValueError("replacement goes with prefix or regex; path already is the whole new path")
         if self.regex is not None:
             try:
                 re.compile(self.regex)
@@ -354,6 +357,12 @@ class Redirect(Action):
     path: str | None = Field(None, description="the new path; with `prefix`, what replaces that prefix")
     prefix: str | None = Field(None, description="replace only this leading part of the path")
     keep_query: bool = True
+
+    @model_validator(mode="after")
+    def _prefix_needs_path(self) -> Redirect:
+        if self.prefix is not None and self.path is None:
+            raise ValueError("prefix needs path: what replaces the prefix")
+        return self
 
 
 class Respond(Action):

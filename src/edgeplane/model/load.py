@@ -67,7 +67,7 @@ def _line_map(node: yaml.Node | None, path: str = "", lines: dict[str, int] | No
     return lines
 
 
-def _line_for(path: str, lines: dict[str, int]) -> int | None:
+def line_for(path: str, lines: dict[str, int]) -> int | None:
     while path:
         if path in lines:
             return lines[path]
@@ -86,17 +86,17 @@ def _problems(error: ValidationError, lines: dict[str, int]) -> list[Problem]:
         for line in message.splitlines():
             if ": " in line and line.split(": ", 1)[0].startswith(_top_level_fields()):
                 sub, text = line.split(": ", 1)
-                problems.append(Problem(sub, text, _line_for(sub, lines)))
+                problems.append(Problem(sub, text, line_for(sub, lines)))
             else:
-                full, text = _join_relative(path, line)
-                problems.append(Problem(full, _with_input(text, item), _line_for(full, lines)))
+                full, text = join_relative(path, line)
+                problems.append(Problem(full, with_input(text, item), line_for(full, lines)))
     return problems
 
 
 _RELATIVE = re.compile(r"^([a-z_]*(?:\[\d+\])?): (.*)$", re.DOTALL)
 
 
-def _join_relative(path: str, message: str) -> tuple[str, str]:
+def join_relative(path: str, message: str) -> tuple[str, str]:
     """Fold a validator's relative location ("values[1]: ...") into the field path."""
     match = _RELATIVE.match(message)
     if not match:
@@ -116,7 +116,7 @@ def _top_level_fields() -> tuple[str, ...]:
     return tuple(f"{name}{sep}" for name in Config.model_fields for sep in "[.")
 
 
-def _with_input(message: str, item: dict[str, Any]) -> str:
+def with_input(message: str, item: dict[str, Any]) -> str:
     if item["type"] in ("missing", "extra_forbidden") or "input" not in item:
         return message
     shown = repr(item["input"])

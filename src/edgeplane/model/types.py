@@ -26,8 +26,8 @@ def parse_duration(value: object) -> float:
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     else:
         raise ValueError(f"expected a duration such as 500ms, 5s or 1m, got {value!r}")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
+    if seconds < 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError("a duration must be a finite number of seconds, not negative")
     return seconds
 
 

@@ -96,7 +96,7 @@ class Master:
             merged = merge([w["metrics"] for w in workers])
             gauges = {"active_connections": sum(w["connections"] for w in workers),
                       "workers": len(workers), "worker_restarts_total": self.restarts}
-            text = render_prometheus(merged, gauges, [w["version"] for w in workers],
+            text = render_prometheus(merged, gauges, {w["worker"]: w["version"] for w in workers},
                                      sum(w["access_log_dropped"] for w in workers))
             return 200, b"text/plain; version=0.0.4", text.encode()
         versions = sorted({w["version"] for w in workers})

@@ -71,7 +71,7 @@ def merge(snapshots: list[dict]) -> dict:
     return {"requests": requests, "latency": latency, "mirrors": mirrors}
 
 
-def render_prometheus(merged: dict, gauges: dict[str, float], versions: list[str], dropped: int) -> str:
+def render_prometheus(merged: dict, gauges: dict[str, float], versions: dict[int, str], dropped: int) -> str:
     lines = ["# HELP edgeplane_requests_total Requests answered, by application and status class.",
              "# TYPE edgeplane_requests_total counter"]
     for (app, cls), n in sorted(merged["requests"].items()):
@@ -95,7 +95,7 @@ def render_prometheus(merged: dict, gauges: dict[str, float], versions: list[str
         lines += [f"# TYPE edgeplane_{name} {kind}", f"edgeplane_{name} {value}"]
     lines += ["# HELP edgeplane_config_info Config version each worker serves.",
               "# TYPE edgeplane_config_info gauge"]
-    for index, version in enumerate(versions):
+    for index, version in sorted(versions.items()):
         lines.append(f'edgeplane_config_info{{worker="{index}",version="{version}"}} 1')
     lines += ["# HELP edgeplane_access_log_dropped_total Access-log records dropped under back-pressure.",
               "# TYPE edgeplane_access_log_dropped_total counter", f"edgeplane_access_log_dropped_total {dropped}"]
