@@ -175,6 +175,7 @@ def _write_output(path: str | None, text: str) -> None:
             file.write(text)
     else:
         sys.stdout.write(text)
+        sys.stdout.flush()  # before the warnings on stderr
 
 
 def cmd_import_gateway_api(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ as a `TranslationWarning`, never silently dropped. Reading files is this module'
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from .config import (
     Split,
     Upstream,
     WeightedUpstream,
+    action_upstreams,
 )
 
 GROUP = "gateway.networking.k8s.io"
@@ -64,6 +66,7 @@ _SERVICE_KEY = re.compile(r"^(?:([a-z0-9][-a-z0-9]*)/)?([a-z0-9][-a-z0-9.]*):(\d
 _ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]/]+):(\d{1,5})$")
 _SECTION_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _NAME_LIMIT = 63
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,7 @@ def read_manifests(paths: list[str | Path]) -> list[dict]:
     documents: list[dict] = []
     for file in files:
         try:
-            loaded = list(yaml.safe_load_all(file.read_text(encoding="utf-8")))
+            loaded = list(yaml.load_all(file.read_text(encoding="utf-8"), Loader=_Loader))
         except OSError as error:
             raise GatewayApiError(f"{file}: cannot read: {error.strerror or error}") from None
         except yaml.YAMLError as error:
@@ -115,7 +118,7 @@ def read_manifests(paths: list[str | Path]) -> list[dict]:
 
 def read_endpoints(path: str | Path) -> Endpoints:
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader)
     except OSError as error:
         raise GatewayApiError(f"{path}: cannot read: {error.strerror or error}") from None
     except yaml.YAMLError as error:
@@ -216,10 +219,15 @@ def _name(text: str, taken: set[str]) -> str:
     return name
 
 
-def _first_error(error: ValidationError) -> str:
-    item = error.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in item["loc"])
-    return (f"{where}: " if where else "") + item["msg"].removeprefix("Value error, ")
+def _reason(error: Exception) -> str:
+    """One line saying what was wrong with a manifest field."""
+    if isinstance(error, ValidationError):
+        item = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in item["loc"])
+        return (f"{where}: " if where else "") + item["msg"].removeprefix("Value error, ")
+    if isinstance(error, KeyError):
+        return f"required field {error.args[0]!r} is missing"
+    return str(error)
 
 
 # --- hostnames -----------------------------------------------------------------------
@@ -320,7 +328,7 @@ class _Importer:
         self.namespaces: dict[str, dict] = {}
         self.services: dict[tuple[str, str], dict] = {}
         self.grants: list[tuple[str, dict]] = []
-        self.gateways: list[dict] = []
+        self.gateways: dict[tuple[str, str], dict] = {}
         self.routes: list[_Route] = []
         self.upstreams: dict[ServiceKey, Upstream] = {}
         self.upstream_names: set[str] = set()
@@ -341,7 +349,7 @@ class _Importer:
         elif not api.startswith(GROUP + "/"):
             return  # workloads, config maps, secrets: nothing a node needs from them
         elif kind == "Gateway":
-            self.gateways.append(doc)
+            self.gateways[(namespace, name)] = doc
         elif kind == "HTTPRoute":
             self.routes.append(_Route(doc, namespace, name))
         elif kind == "ReferenceGrant":
@@ -363,9 +371,7 @@ class _Importer:
 
     def listeners(self) -> list[_Listener]:
         out = []
-        for gateway in self.gateways:
-            meta = gateway.get("metadata") or {}
-            key = (str(meta.get("namespace") or "default"), str(meta.get("name", "")))
+        for key, gateway in self.gateways.items():
             for index, spec in enumerate((gateway.get("spec") or {}).get("listeners") or []):
                 protocol = spec.get("protocol")
                 if protocol != "HTTP":
@@ -373,6 +379,9 @@ class _Importer:
                               else "the node serves HTTP listeners only")
                     self.warn("Gateway", "/".join(key), f"spec.listeners[{index}].protocol",
                               f"{protocol} listener {spec.get('name')!r} on port {spec.get('port')} skipped: {reason}")
+                    continue
+                if not isinstance(spec.get("port"), int):
+                    self.warn("Gateway", "/".join(key), f"spec.listeners[{index}].port", "a listener needs a port; skipped")
                     continue
                 allowed = spec.get("allowedRoutes") or {}
                 kinds = allowed.get("kinds")
@@ -398,8 +407,6 @@ class _Importer:
     def attach(self, route: _Route, listeners: list[_Listener]) -> list[tuple[_Listener, list[str]]]:
         spec = route.doc.get("spec") or {}
         hostnames = [str(h).lower() for h in spec.get("hostnames") or []]
-        gateways = {(str((g.get("metadata") or {}).get("namespace") or "default"),
-                     str((g.get("metadata") or {}).get("name", ""))) for g in self.gateways}
         attached = []
         for index, ref in enumerate(spec.get("parentRefs") or []):
             where = f"spec.parentRefs[{index}]"
@@ -408,7 +415,7 @@ class _Importer:
                                               "only Gateway parents are supported (no mesh routing yet)")
                 continue
             gateway = (str(ref.get("namespace") or route.namespace), str(ref.get("name", "")))
-            if gateway not in gateways:
+            if gateway not in self.gateways:
                 self.warn_route(route, where, f"no Gateway {gateway[0]}/{gateway[1]} among the manifests; not attached")
                 continue
             candidates = [listener for listener in listeners if listener.gateway == gateway
@@ -590,7 +597,8 @@ class _Importer:
         """(precedence, rule index, match index, edgeplane rules) of every match of the route."""
         if gateway_port not in route.blocks:
             out = []
-            for index, rule in enumerate((route.doc.get("spec") or {}).get("rules") or [{}]):
+            rules = (route.doc.get("spec") or {}).get("rules")
+            for index, rule in enumerate([{}] if rules is None else rules):
                 where = f"spec.rules[{index}]"
                 for name in ("retry", "sessionPersistence"):
                     if name in rule:
@@ -608,9 +616,8 @@ class _Importer:
         name = f"{route.namespace}/{route.name}/{rule.get('name') or f'rules[{index}]'}"
         try:
             conditions = match_conditions(match)
-        except (ValueError, ValidationError) as error:
-            reason = _first_error(error) if isinstance(error, ValidationError) else str(error)
-            self.warn_route(route, f"{where}.matches[{number}]", f"{reason}; this match routes nothing")
+        except (KeyError, TypeError, ValueError) as error:
+            self.warn_route(route, f"{where}.matches[{number}]", f"{_reason(error)}; this match routes nothing")
             return []
         path = match.get("path") or {}
         prefix = _trim_prefix(path.get("value", "/")) if path.get("type", "PathPrefix") == "PathPrefix" else None
@@ -623,9 +630,8 @@ class _Importer:
             timeouts = rule.get("timeouts") or {}
             limits = (parse_duration(timeouts.get("request")), parse_duration(timeouts.get("backendRequest")))
             return routing_rules(name, conditions, actions, backends, limits)
-        except (ValueError, ValidationError) as error:
-            reason = _first_error(error) if isinstance(error, ValidationError) else str(error)
-            self.warn_route(route, where, f"not translatable ({reason}); requests it matches get 500")
+        except (KeyError, TypeError, ValueError) as error:
+            self.warn_route(route, where, f"not translatable ({_reason(error)}); requests it matches get 500")
             return [Rule(name=name, conditions=conditions,
                          actions=[Respond(status=500, body=f"500 Internal Server Error: route rule {name} is invalid\n")])]
 
@@ -667,7 +673,10 @@ class _Importer:
                 label = "any" if domains[0] == "*" else domains[0].replace("*", "wildcard")
                 applications.append(Application(name=_name(f"{label}-{app_ports[0]}", taken), domains=domains,
                                                 ports=sorted(app_ports), rules=rules))
-        return Config(upstreams=list(self.upstreams.values()), applications=applications)
+        used = {name for app in applications for rule in app.rules for action in rule.actions
+                for _, name in action_upstreams(action)}  # not those of weight 0 or behind a redirect
+        upstreams = sorted((u for u in self.upstreams.values() if u.name in used), key=lambda u: u.name)
+        return Config(upstreams=upstreams, applications=applications)
 
     def app_rules(self, port: int, host: str, listeners: list[_Listener], attachments: list) -> list[Rule]:
         """The rules for requests to `host` on node `port`: those of the routes attached to the
@@ -830,25 +839,49 @@ class _Exporter:
         return ref
 
     def documents(self) -> list[dict]:
-        ports = sorted({port for app in self.config.applications for port in app.ports})
-        gateway = {"apiVersion": f"{GROUP}/v1", "kind": "Gateway",
-                   "metadata": {"name": _GATEWAY_NAME, "namespace": self.namespace},
-                   "spec": {"gatewayClassName": "edgeplane",
-                            "listeners": [{"name": f"http-{port}", "port": port, "protocol": "HTTP"} for port in ports]}}
+        """The Gateway has a listener per port and domain, so each application keeps its own
+        requests: in Gateway API, routes of a listener see every host it covers."""
         if any(self.config.global_rules.before) or any(self.config.global_rules.after):
             self.warn("Config", "global_rules", "", "global rules have no Gateway API equivalent; not exported")
+        listeners: list[dict] = []
+        routes: list[dict] = []
         taken: set[str] = set()
-        routes = [self.route(app, taken) for app in self.config.applications]
-        return [gateway, *routes]
+        for app in self.config.applications:
+            sections = []
+            for domain in [d for d in app.domains if _is_ip(d)]:
+                self.warn("Application", app.name, "domains", f"{domain} is an IP address, which a listener "
+                                                              "hostname cannot be; not exported")
+            for port in app.ports:
+                for domain in [d for d in app.domains if not _is_ip(d)]:
+                    listener = {"name": f"http-{len(listeners)}", "port": port, "protocol": "HTTP"}
+                    if domain != "*":
+                        listener["hostname"] = domain
+                    listeners.append(listener)
+                    sections.append(listener["name"])
+            if any(rule.enabled for rule in app.rules):  # a listener without routes answers 404, as the app does
+                routes.append(self.route(app, sections, taken))
+        if len(listeners) > 64:
+            self.warn("Config", "applications", "", f"{len(listeners)} port and domain pairs need as many "
+                                                    "listeners; a Gateway holds at most 64")
+        gateway = {"apiVersion": f"{GROUP}/v1", "kind": "Gateway",
+                   "metadata": {"name": _GATEWAY_NAME, "namespace": self.namespace},
+                   "spec": {"gatewayClassName": "edgeplane", "listeners": listeners}}
+        return [gateway, *routes, *self.grants(routes)]
 
-    def route(self, app: Application, taken: set[str]) -> dict:
+    def grants(self, routes: list[dict]) -> list[dict]:
+        """A ReferenceGrant in each other namespace whose Services the routes name."""
+        foreign = sorted({ref["namespace"] for ref in _backend_refs(routes) if "namespace" in ref})
+        return [{"apiVersion": f"{GROUP}/v1beta1", "kind": "ReferenceGrant",
+                 "metadata": {"name": f"edgeplane-from-{self.namespace}"[:63], "namespace": namespace},
+                 "spec": {"from": [{"group": GROUP, "kind": "HTTPRoute", "namespace": self.namespace}],
+                          "to": [{"group": "", "kind": "Service"}]}} for namespace in foreign]
+
+    def route(self, app: Application, sections: list[str], taken: set[str]) -> dict:
         name = _dns_name(app.name)
         while name in taken:
             name = _dns_name(f"{name}-x")
         taken.add(name)
-        spec: dict = {"parentRefs": [{"name": _GATEWAY_NAME, "sectionName": f"http-{port}"} for port in app.ports]}
-        if "*" not in app.domains:
-            spec["hostnames"] = list(app.domains)
+        spec: dict = {"parentRefs": [{"name": _GATEWAY_NAME, "sectionName": section} for section in sections]}
         rules, keys = [], []
         ordered_rules = sorted(enumerate(app.rules), key=lambda item: (not item[1].top, item[1].order, item[0]))
         for index, rule in ordered_rules:
@@ -897,7 +930,7 @@ class _Exporter:
     def matches(self, conditions: list[Condition]) -> list[dict]:
         matches: list[dict] = [{}]
         for condition in conditions:
-            alternatives = [self.match_part(condition, value) for value in condition.values]
+            alternatives = [self.match_part(condition, value) for value in condition.values or [""]]
             matches = [_merge(match, part) for match in matches for part in alternatives]
         return matches
 
@@ -927,13 +960,18 @@ class _Exporter:
         raise _Untranslatable(f"condition {var} {op} has no HTTPRouteMatch equivalent")
 
     def filters(self, rule: Rule, prefix: str | None, app: str, where: str) -> tuple[list[dict], Any]:
-        request: dict = {}
-        response: dict = {}
-        rewrite: dict = {}
+        """The rule's filters, in the order of their first action (Gateway API allows one
+        header modifier and one rewrite per rule), and the action that ends it."""
         filters: list[dict] = []
+        shared: dict[str, dict] = {}
+
+        def one(kind: str, key: str) -> dict:
+            if kind not in shared:
+                shared[kind] = {}
+                filters.append({"type": kind, key: shared[kind]})
+            return shared[kind]
         end = None
         for index, action in enumerate(rule.actions):
-            here = f"{where}.actions[{index}]"
             kind = action.kind
             if kind in ("proxy", "split"):
                 end = action
@@ -946,35 +984,29 @@ class _Exporter:
                 end = action
             elif kind == "deny":
                 raise _Untranslatable("deny has no Gateway API equivalent")
+            elif kind == "set-request-header" and action.name.lower() == "host":
+                one("URLRewrite", "urlRewrite")["hostname"] = action.value
             elif kind in ("set-request-header", "add-request-header", "remove-request-header"):
-                if action.name.lower() == "host" and kind == "set-request-header":
-                    rewrite["hostname"] = action.value
-                else:
-                    _modify(request, kind.split("-", 1)[0], action)
+                _modify(one("RequestHeaderModifier", "requestHeaderModifier"), kind.split("-", 1)[0], action)
             elif kind in ("set-response-header", "add-response-header", "remove-response-header"):
-                _modify(response, kind.split("-", 1)[0], action)
+                _modify(one("ResponseHeaderModifier", "responseHeaderModifier"), kind.split("-", 1)[0], action)
             elif kind == "rewrite-path":
-                rewrite["path"] = self.path_rewrite(action, prefix)
+                one("URLRewrite", "urlRewrite")["path"] = self.path_rewrite(action, prefix)
             elif kind == "mirror":
-                mirror: dict = {"backendRef": self.backend_ref(action.upstream)}
-                if action.percent != 100:
-                    if action.percent == int(action.percent):
-                        mirror["percent"] = int(action.percent)
-                    else:
-                        mirror["fraction"] = {"numerator": round(action.percent * 100), "denominator": 10000}
-                filters.append({"type": "RequestMirror", "requestMirror": mirror})
+                filters.append({"type": "RequestMirror", "requestMirror": self.mirror(action)})
             elif kind == "cors":
                 filters.append({"type": "CORS", "cors": _cors(action)})
             else:
-                self.warn("Application", app, here, f"{kind} has no Gateway API equivalent; dropped")
-        head = []
-        if request:
-            head.append({"type": "RequestHeaderModifier", "requestHeaderModifier": request})
-        if response:
-            head.append({"type": "ResponseHeaderModifier", "responseHeaderModifier": response})
-        if rewrite:
-            head.append({"type": "URLRewrite", "urlRewrite": rewrite})
-        return head + filters, end
+                self.warn("Application", app, f"{where}.actions[{index}]", f"{kind} has no Gateway API equivalent; dropped")
+        return filters, end
+
+    def mirror(self, action: Mirror) -> dict:
+        mirror: dict = {"backendRef": self.backend_ref(action.upstream)}
+        if action.percent == int(action.percent) and action.percent != 100:
+            mirror["percent"] = int(action.percent)
+        elif action.percent != 100:
+            mirror["fraction"] = {"numerator": round(action.percent * 100), "denominator": 10000}
+        return mirror
 
     def redirect(self, action: Redirect, prefix: str | None) -> dict:
         out: dict = {}
@@ -1000,6 +1032,23 @@ class _Exporter:
             return {"type": "ReplacePrefixMatch", "replacePrefixMatch": action.replacement or "/"}
         raise _Untranslatable("rewrite-path by regex, or of a prefix other than the matched one, has no "
                               "Gateway API equivalent")
+
+
+def _is_ip(domain: str) -> bool:
+    try:
+        ipaddress.ip_address(domain)
+    except ValueError:
+        return False
+    return True
+
+
+def _backend_refs(routes: list[dict]) -> list[dict]:
+    refs = []
+    for route in routes:
+        for rule in route["spec"]["rules"]:
+            refs += rule.get("backendRefs") or []
+            refs += [f["requestMirror"]["backendRef"] for f in rule.get("filters") or [] if "requestMirror" in f]
+    return refs
 
 
 def _merge(match: dict, part: dict) -> dict:

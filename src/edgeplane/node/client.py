@@ -28,6 +28,7 @@ from .wire import (
     HOST,
     LENGTH,
     REQUEST_ID,
+    SPELLINGS,
     TRANSFER,
     connection_tokens,
     error_response,
@@ -68,8 +69,8 @@ class Rejection:
 class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
-        "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_bytes",
-        "head_raw", "dispatching", "write_paused", "dropped_hop", "rejected",
+        "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
+        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding",
     )
 
     def __init__(self, worker: Worker, port: int):
@@ -87,11 +88,12 @@ class ClientConnection(asyncio.Protocol):
         self.write_deadline = 0.0
         self.closing = False
         self.in_head = False
-        self.head_bytes = 0  # header lines parsed so far, counted exactly
         self.head_raw = 0    # bytes received while a head was incomplete; bounds a head that never ends
+        self.feeding = 0     # size of the data being parsed now
+        self.host_raw: bytes | None = b"\x00"  # the last Host seen, and what it normalized to
+        self.host_name = ""
         self.dispatching = False
         self.write_paused = False
-        self.dropped_hop: list[bytes] | None = None
         self.rejected = False
 
     # --- transport events -------------------------------------------------------------
@@ -112,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.rejected:
             return
+        self.feeding = len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -161,32 +164,49 @@ class ClientConnection(asyncio.Protocol):
     # --- parser callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        request = Request()
-        request.start = monotonic()
-        request.port = self.port
-        self.current = request
+        now = monotonic()
+        self.current = Request(now, self.port)
         self.in_head = True
-        self.head_bytes = 0
         self.head_raw = 0
-        self.dropped_hop = None
-        self.deadline = request.start + self.worker.runtime.limits.client_header_timeout
+        self.deadline = now + self.worker.runtime.limits.client_header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.current.target += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        request = self.current
-        if not self.in_head:
+        if self.in_head:
+            self.current.headers.append((name, value))
+        else:
+            request = self.current
             if request.trailers is None:
                 request.trailers = []
             request.trailers.append((name, value))
-            return
-        self.head_bytes += len(name) + len(value) + 4
-        cls = header_class(name)
-        if not cls:
-            request.headers.append((name, value))
-            return
-        value = value.rstrip(b" \t")
+
+    def sort_headers(self, request: Request) -> None:
+        """Keep end-to-end headers in order; act on the special ones (one dict hit each)."""
+        kept: list[tuple[bytes, bytes]] = []
+        append = kept.append
+        spelled = SPELLINGS.get
+        dropped: list[bytes] | None = None
+        for pair in request.headers:
+            cls = spelled(pair[0], -1)
+            if cls == 0:
+                append(pair)
+                continue
+            if cls < 0:
+                cls = header_class(pair[0])
+                if not cls:
+                    append(pair)
+                    continue
+            extra = self.special_header(request, cls, pair[1].rstrip(b" \t"))
+            if extra:
+                dropped = (dropped or []) + extra
+        if dropped:
+            kept = [h for h in kept if h[0].lower() not in dropped]
+        request.headers = kept
+
+    def special_header(self, request: Request, cls: int, value: bytes) -> list[bytes] | None:
+        """Act on one header the proxy must understand; returns header names it makes hop-by-hop."""
         if cls == HOST:
             if request.host_header is not None:
                 raise RequestRejected(400, "more than one Host header")
@@ -209,17 +229,21 @@ class ClientConnection(asyncio.Protocol):
                 request.request_id = value
         elif cls == CONNECTION:
             extra = [t for t in connection_tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")]
-            if extra:
-                self.dropped_hop = (self.dropped_hop or []) + extra
+            return extra or None
         # Other classes (hop-by-hop, X-Forwarded-Proto/-Host) are dropped: the node sets its own.
+        return None
 
     def on_headers_complete(self) -> None:
         request = self.current
         parser = self.parser
-        limits = self.worker.runtime.limits
+        runtime = self.worker.runtime
+        limits = runtime.limits
         self.in_head = False
-        if self.head_bytes > limits.max_header_size:
-            raise RequestRejected(431, f"request head of {self.head_bytes} bytes exceeds {limits.max_header_size}")
+        if self.head_raw + self.feeding > limits.max_header_size:  # only then can the head be too big
+            size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in request.headers)
+            if size > limits.max_header_size:
+                raise RequestRejected(431, f"request head of {size} bytes exceeds {limits.max_header_size}")
+        self.sort_headers(request)
         version = parser.get_http_version()
         if version not in ("1.1", "1.0"):
             raise RequestRejected(505 if version >= "2" else 400, f"HTTP/{version} is not accepted on this port")
@@ -231,13 +255,9 @@ class ClientConnection(asyncio.Protocol):
         request.method = method
         request.method_bytes = raw_method
         request.keep_alive = parser.should_keep_alive()
-        runtime = self.worker.runtime
         request.client_ip = (real_client(self.peer_ip.decode(), request.forwarded_for, runtime.trusted)
                              if runtime.trusted and request.forwarded_for else self.peer_ip.decode())
         self.resolve_target(request)
-        if self.dropped_hop:
-            dropped = self.dropped_hop
-            request.headers = [h for h in request.headers if h[0].lower() not in dropped]
         if not request.request_id:
             request.request_id = self.worker.next_request_id()
         max_body = limits.max_body_size
@@ -268,19 +288,22 @@ class ClientConnection(asyncio.Protocol):
             elif request.method != "CONNECT":
                 raise RequestRejected(400, "request target must start with '/'")
         host = request.host_header
-        if host is None:
-            if request.version == "1.1":
-                raise RequestRejected(400, "HTTP/1.1 request without a Host header")
-            request.host_header = b""
-            host = b""
-        elif not _HOST.match(host):
-            raise RequestRejected(400, "invalid Host header")
-        hostname = host.decode("latin-1").lower()
-        if hostname.startswith("["):
-            hostname = hostname[: hostname.find("]") + 1]
+        if host == self.host_raw:  # keep-alive clients repeat their Host: normalize it once
+            request.host = self.host_name
         else:
-            hostname = hostname.partition(":")[0]
-        request.host = hostname.rstrip(".")
+            if host is None:
+                if request.version == "1.1":
+                    raise RequestRejected(400, "HTTP/1.1 request without a Host header")
+                request.host_header = host = b""
+            elif not _HOST.match(host):
+                raise RequestRejected(400, "invalid Host header")
+            hostname = host.decode("latin-1").lower()
+            if hostname.startswith("["):
+                hostname = hostname[: hostname.find("]") + 1]
+            else:
+                hostname = hostname.partition(":")[0]
+            request.host = self.host_name = hostname.rstrip(".")
+            self.host_raw = host
         cut = target.find(b"?")
         if cut < 0:
             request.uri_path = target.decode("latin-1")

@@ -9,7 +9,7 @@ both ways without buffering them and holds the runtime it started with until it 
 from __future__ import annotations
 
 import asyncio
-from time import monotonic, time
+from time import monotonic
 from typing import TYPE_CHECKING
 
 from ..lang.compile import LocalResponse
@@ -19,6 +19,7 @@ from .wire import (
     CONNECTION,
     LENGTH,
     RESPONSE_CLASSES,
+    SPELLINGS,
     TRANSFER,
     apply_header_ops,
     connection_header,
@@ -42,54 +43,48 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Exchange:
-    __slots__ = (
-        "client", "request", "runtime", "app", "rule", "upstream", "endpoint", "conn", "ops",
-        "tried", "reused", "retried", "replay", "replay_size", "pending_head", "head_sent",
-        "final_head", "status", "chunk_out", "until_close", "head_only", "keep_client",
-        "bytes_out", "done", "started", "wall", "connected_at", "sent_at", "upstream_status",
-        "error", "continue_sent", "last_error", "timed_out", "upstream_keep", "deadline",
-        "try_deadline", "timeout", "backend_timeout",
-    )
+    """Class attributes are the defaults; an exchange sets only what differs (it is made for
+    every request, so its construction is kept to a handful of assignments)."""
+
+    app = None
+    rule: object = -1
+    upstream: UpstreamRuntime | None = None
+    endpoint: Endpoint | None = None
+    conn: UpstreamConnection | None = None
+    tried: tuple = ()
+    reused = False
+    retried = False
+    replay: tuple | list | None = ()  # the body as sent, for the one safe retry; None: too big
+    replay_size = 0
+    pending_head: bytes | None = None
+    head_sent = False
+    final_head = False
+    status = 0
+    chunk_out = False
+    until_close = False
+    head_only = False
+    keep_client = True
+    bytes_out = 0
+    done = False
+    connected_at = 0.0
+    sent_at = 0.0
+    upstream_status = 0
+    error = ""
+    continue_sent = False
+    last_error = ""
+    timed_out = False
+    upstream_keep = False
+    deadline = 0.0      # the route's timeout for the whole exchange
+    try_deadline = 0.0  # the route's backend timeout for this attempt
+    timeout: float | None = None
+    backend_timeout: float | None = None
 
     def __init__(self, client: ClientConnection, request: Request, runtime: Runtime):
         self.client = client
         self.request = request
         self.runtime = runtime
-        self.app = None
-        self.rule = -1
-        self.upstream: UpstreamRuntime | None = None
-        self.endpoint: Endpoint | None = None
-        self.conn: UpstreamConnection | None = None
         self.ops: list = []
-        self.tried: tuple = ()
-        self.reused = False
-        self.retried = False
-        self.replay: list[bytes] | None = []
-        self.replay_size = 0
-        self.pending_head: bytes | None = None
-        self.head_sent = False
-        self.final_head = False
-        self.status = 0
-        self.chunk_out = False
-        self.until_close = False
-        self.head_only = False
-        self.keep_client = True
-        self.bytes_out = 0
-        self.done = False
         self.started = request.start
-        self.wall = time()
-        self.connected_at = 0.0
-        self.sent_at = 0.0
-        self.upstream_status = 0
-        self.error = ""
-        self.continue_sent = False
-        self.last_error = ""
-        self.timed_out = False
-        self.upstream_keep = False
-        self.deadline = 0.0      # the route's timeout for the whole exchange
-        self.try_deadline = 0.0  # the route's backend timeout for this attempt
-        self.timeout: float | None = None
-        self.backend_timeout: float | None = None
 
     # --- route phase ------------------------------------------------------------------
 
@@ -246,10 +241,7 @@ class Exchange:
         if self.replay is None:
             return
         self.replay_size += sum(len(c) for c in chunks)
-        if self.replay_size > REPLAY_LIMIT:
-            self.replay = None
-        else:
-            self.replay.extend(chunks)
+        self.replay = None if self.replay_size > REPLAY_LIMIT else [*self.replay, *chunks]
 
     # --- request body, streamed by the client connection -------------------------------
 
@@ -287,17 +279,20 @@ class Exchange:
         chunked = False
         dropped: list[bytes] = []
         kept: list[tuple[bytes, bytes]] = []
-        for name, value in headers:
-            cls = header_class(name)
-            if cls not in RESPONSE_CLASSES:
-                kept.append((name, value))
+        spelled = SPELLINGS.get
+        for pair in headers:
+            cls = spelled(pair[0], -1)
+            if cls < 0:
+                cls = header_class(pair[0])
+            if cls == 0 or cls > LENGTH:  # only hop-by-hop and framing headers matter here
+                kept.append(pair)
             elif cls == LENGTH:
-                length = value
-                kept.append((name, value))
+                length = pair[1]
+                kept.append(pair)
             elif cls == TRANSFER:
                 chunked = True
             elif cls == CONNECTION:
-                dropped += [t for t in connection_tokens(value) if t not in (b"close", b"keep-alive")]
+                dropped += [t for t in connection_tokens(pair[1]) if t not in (b"close", b"keep-alive")]
         if dropped:
             kept = [h for h in kept if h[0].lower() not in dropped]
         if self.ops:
@@ -386,7 +381,7 @@ class Exchange:
         request = self.request
         request.body = list(self.replay or ())
         request.exchange = None
-        self.replay, self.replay_size = [], 0
+        self.replay, self.replay_size = (), 0
         self.client.worker.spawn(self.open(self.endpoint))
 
     def upstream_timeout(self) -> None:

@@ -36,6 +36,7 @@ class Master:
         self.stopping = False
         self.started = time.time()
         self.restarts = 0
+        self.status_server: asyncio.AbstractServer | None = None  # held: an unreferenced server may be collected
 
     def control_path(self, index: int) -> str:
         return os.path.join(self.run_dir, f"worker-{index}.sock")
@@ -174,7 +175,7 @@ class Master:
                 return 1
         if self.status_address:
             host, _, port = self.status_address.rpartition(":")
-            await asyncio.start_server(self.answer_status, host or "127.0.0.1", int(port))
+            self.status_server = await asyncio.start_server(self.answer_status, host or "127.0.0.1", int(port))
         supervisors = [asyncio.ensure_future(self.supervise(i)) for i in range(self.count)]
         log("node_ready", workers=self.count, bind=self.bind, status=self.status_address,
             config=self.config, pid=os.getpid())

@@ -27,46 +27,44 @@ def normalize_path(raw: str) -> str:
 
 
 class Request:
-    __slots__ = (
-        "method", "target", "version", "headers", "host", "client_ip", "scheme", "keep_alive",
-        "chunked", "content_length", "expect_continue", "request_id", "forwarded_for",
-        "body", "body_size", "complete", "exchange", "trailers", "_path", "_args", "_cookies",
-        "_lookup", "uri_path", "query", "start", "method_bytes", "scheme_bytes", "host_header", "port", "sni", "variables", "mirrors",
-    )
+    """Class attributes are the defaults; a request sets only what differs, which keeps the
+    per-request cost to a few assignments (this object is made for every request)."""
 
-    def __init__(self) -> None:
-        self.method = ""
-        self.target = b""
-        self.version = "1.1"
+    method = ""
+    method_bytes = b""
+    target = b""
+    version = "1.1"
+    host = ""
+    host_header: bytes | None = None
+    client_ip = ""
+    scheme = "http"
+    scheme_bytes = b"http"
+    port = 0  # the listener's
+    sni = ""
+    keep_alive = True
+    chunked = False
+    content_length = -1  # absent
+    expect_continue = False
+    request_id = b""
+    forwarded_for = b""
+    body_size = 0
+    complete = False
+    exchange = None
+    trailers: list[tuple[bytes, bytes]] | None = None
+    uri_path = "/"
+    query = ""
+    variables: dict[str, str] | None = None
+    mirrors: list | None = None
+    _path: str | None = None
+    _args: dict[str, list[str]] | None = None
+    _cookies: dict[str, str] | None = None
+    _lookup: dict[str, list[str]] | None = None
+
+    def __init__(self, start: float = 0.0, port: int = 0) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
-        self.host = ""
-        self.client_ip = ""
-        self.scheme = "http"
-        self.keep_alive = True
-        self.chunked = False
-        self.content_length = -1  # absent
-        self.expect_continue = False
-        self.request_id = b""
-        self.forwarded_for = b""
         self.body: list[bytes] | None = []
-        self.body_size = 0
-        self.complete = False
-        self.exchange = None
-        self.trailers: list[tuple[bytes, bytes]] | None = None
-        self._path: str | None = None
-        self._args: dict[str, list[str]] | None = None
-        self._cookies: dict[str, str] | None = None
-        self._lookup: dict[str, list[str]] | None = None
-        self.uri_path = "/"
-        self.query = ""
-        self.start = 0.0
-        self.method_bytes = b""
-        self.scheme_bytes = b"http"
-        self.host_header: bytes | None = None
-        self.port = 0  # the listener's
-        self.sni = ""
-        self.variables: dict[str, str] | None = None
-        self.mirrors: list | None = None
+        self.start = start
+        self.port = port
 
     # --- variables rules read ---------------------------------------------------------
 

@@ -37,6 +37,25 @@ _BY_SPELLING[b"TE"] = HOP
 _BY_SPELLING[b"X-Request-ID"] = REQUEST_ID
 _LENGTHS = frozenset(len(name) for name in _CLASSES)
 
+# Every spelling a header is usually sent with → its class (0: passes through untouched), so
+# the common case is one dict hit; an unusual spelling falls back to `header_class`.
+_ORDINARY = (
+    "Accept", "Accept-Charset", "Accept-Encoding", "Accept-Language", "Authorization", "Cache-Control",
+    "Content-Type", "Content-Encoding", "Cookie", "DNT", "Date", "ETag", "Forwarded", "If-Match",
+    "If-Modified-Since", "If-None-Match", "If-Range", "If-Unmodified-Since", "Last-Modified", "Location",
+    "Origin", "Pragma", "Priority", "Range", "Referer", "Server", "Set-Cookie", "User-Agent", "Vary",
+    "Via", "X-Requested-With", "Upgrade-Insecure-Requests", "Sec-Fetch-Dest", "Sec-Fetch-Mode",
+    "Sec-Fetch-Site", "Sec-Fetch-User", "Sec-Ch-Ua", "Sec-Ch-Ua-Mobile", "Sec-Ch-Ua-Platform",
+    "Access-Control-Request-Method", "Access-Control-Request-Headers", "Expires", "Age",
+    "Accept-Ranges", "Content-Range", "Content-Language", "Content-Disposition", "Strict-Transport-Security",
+    "X-Content-Type-Options", "X-Frame-Options", "Access-Control-Allow-Origin",
+)
+SPELLINGS: dict[bytes, int] = {}
+for _name in _ORDINARY:
+    for _spelling in (_name, _name.lower()):
+        SPELLINGS[_spelling.encode()] = 0
+SPELLINGS.update(_BY_SPELLING)
+
 # A response header is special only for these classes; request-only ones pass through.
 RESPONSE_CLASSES = frozenset({HOP, CONNECTION, TRANSFER, LENGTH})
 

@@ -100,7 +100,7 @@ class Worker:
         if self.access_log.enabled and exchange.runtime.access_log.enabled:
             start = exchange.started
             self.access_log.append((
-                exchange.wall, request.request_id.decode("latin-1"), self.client_ip(exchange),
+                time.time() - (now - exchange.started), request.request_id.decode("latin-1"), self.client_ip(exchange),
                 request.method, request.host, request.uri, exchange.status, request.body_size,
                 exchange.bytes_out, app, exchange.rule, upstream,
                 exchange.endpoint.label if exchange.endpoint is not None else None,
