@@ -218,3 +218,19 @@ def node(tmp_path):
     yield start
     for started in nodes:
         started.stop()
+
+
+@pytest.fixture
+def backend():
+    """Starts `backends.Backend` processes: upstreams that count connections, drop them, stream."""
+    from backends import Backend  # imported here so that what the upstream tests added stays at the end
+
+    servers: list[Backend] = []
+
+    def start(name: str = "backend", **options: Any) -> Backend:
+        server = Backend(name, **options)
+        servers.append(server)
+        return server
+    yield start
+    for server in servers:
+        server.stop()

@@ -82,9 +82,9 @@ class LeastConnections(Balancer):
 
 
 class ConsistentHash(Balancer):
-    """A hash ring with 160 points per unit of weight: adding one of N endpoints moves ~1/N keys."""
+    """A hash ring with 320 points per unit of weight: adding one of N endpoints moves ~1/N keys."""
 
-    POINTS = 160
+    POINTS = 320
 
     def __init__(self, primaries: Weighted, backups: Weighted, key: str):
         super().__init__(primaries, backups)
@@ -124,8 +124,8 @@ class PeakEwma(Balancer):
         if len(candidates) <= 1:
             return candidates[0][0] if candidates else None
         (a, wa), (b, wb) = self.random.sample(candidates, 2)
-        cost_a = (a.ewma or 1e-3) * (a.active + 1) / wa
-        cost_b = (b.ewma or 1e-3) * (b.active + 1) / wb
+        cost_a = (a.latency(now) or 1e-3) * (a.active + 1) / wa
+        cost_b = (b.latency(now) or 1e-3) * (b.active + 1) / wb
         return a if cost_a <= cost_b else b
 
 

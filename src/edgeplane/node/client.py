@@ -30,6 +30,7 @@ from .wire import (
     REQUEST_ID,
     SPELLINGS,
     TRANSFER,
+    UPGRADE,
     connection_tokens,
     error_response,
     header_class,
@@ -70,7 +71,8 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
-        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding",
+        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding", "tunnel",
+        "held",
     )
 
     def __init__(self, worker: Worker, port: int):
@@ -92,6 +94,8 @@ class ClientConnection(asyncio.Protocol):
         self.feeding = 0     # size of the data being parsed now
         self.host_raw: bytes | None = b"\x00"  # the last Host seen, and what it normalized to
         self.host_name = ""
+        self.tunnel: Exchange | None = None  # a switched (WebSocket) connection: bytes pass through
+        self.held: bytes | None = None       # bytes after an upgrade request, until the upstream answers
         self.dispatching = False
         self.write_paused = False
         self.rejected = False
@@ -112,6 +116,9 @@ class ClientConnection(asyncio.Protocol):
             self.active.client_gone()
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.tunnel_up(data)
+            return
         if self.closing or self.rejected:
             return
         self.feeding = len(data)
@@ -140,12 +147,34 @@ class ClientConnection(asyncio.Protocol):
             self.queue.pop()
             self.reject(405, "CONNECT is not supported by this listener")
             return
-        # Upgrade was stripped as hop-by-hop, so the request went on as a plain one; the
-        # bytes after it are the next request for a parser that starts afresh.
-        self.parser = httptools.HttpRequestParser(self)
         rest = data[upgrade.args[0]:] if upgrade.args else b""
+        if isinstance(request, Request) and request.upgrade is not None:
+            # Hold what follows until the upstream says whether it switches protocols.
+            self.held = rest
+            self.block(BLOCK_PIPELINE)
+            return
+        # Any other Upgrade was stripped as hop-by-hop, so the request went on as a plain one;
+        # the bytes after it are the next request for a parser that starts afresh.
+        self.parser = httptools.HttpRequestParser(self)
         if rest:
             self.data_received(rest)
+
+    def start_tunnel(self, exchange: Exchange) -> None:
+        """The upstream switched protocols: from now on bytes pass through both ways."""
+        self.tunnel = exchange
+        self.deadline = 0.0
+        held, self.held = self.held, None
+        if held:
+            exchange.tunnel_up(held)
+        self.unblock(BLOCK_PIPELINE)
+
+    def resume_after_refused_upgrade(self) -> None:
+        """The upstream answered an upgrade request normally: parse what came after it."""
+        held, self.held = self.held, None
+        self.parser = httptools.HttpRequestParser(self)
+        self.unblock(BLOCK_PIPELINE)
+        if held:
+            self.data_received(held)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -204,6 +233,8 @@ class ClientConnection(asyncio.Protocol):
         if dropped:
             kept = [h for h in kept if h[0].lower() not in dropped]
         request.headers = kept
+        if request.upgrade is not None and not (request.connection_upgrade and request.upgrade.lower() == b"websocket"):
+            request.upgrade = None  # only a complete WebSocket upgrade is carried across
 
     def special_header(self, request: Request, cls: int, value: bytes) -> list[bytes] | None:
         """Act on one header the proxy must understand; returns header names it makes hop-by-hop."""
@@ -227,8 +258,13 @@ class ClientConnection(asyncio.Protocol):
         elif cls == REQUEST_ID:
             if _REQUEST_ID.match(value):
                 request.request_id = value
+        elif cls == UPGRADE:
+            request.upgrade = value
         elif cls == CONNECTION:
-            extra = [t for t in connection_tokens(value) if t not in (b"close", b"keep-alive", b"upgrade")]
+            tokens = connection_tokens(value)
+            if b"upgrade" in tokens:
+                request.connection_upgrade = True
+            extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
             return extra or None
         # Other classes (hop-by-hop, X-Forwarded-Proto/-Host) are dropped: the node sets its own.
         return None
@@ -361,9 +397,11 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         self.served += 1
         self.unblock(BLOCK_BODY | BLOCK_UPSTREAM)  # those belonged to the finished exchange
-        if not keep_alive:
+        if not keep_alive or self.tunnel is not None:
             self.close()
             return
+        if exchange.request.upgrade is not None:
+            self.resume_after_refused_upgrade()
         self.dispatch()
 
     def may_keep_alive(self, request: Request) -> bool:

@@ -7,6 +7,7 @@ more. Connections themselves live in `upstream.py`; this module never opens sock
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -15,10 +16,13 @@ if TYPE_CHECKING:
     from .upstream import UpstreamConnection
 
 
+LATENCY_MEMORY = 10.0  # seconds for an unrefreshed latency estimate to fade to 1/e
+
+
 class Endpoint:
     __slots__ = (
         "key", "upstream", "address", "port", "idle", "active", "failures", "down_until",
-        "ewma", "max_idle", "idle_timeout", "max_requests", "max_fails", "fail_timeout",
+        "ewma", "ewma_at", "max_idle", "idle_timeout", "max_requests", "max_fails", "fail_timeout",
         "retired", "connects", "requests", "label",
     )
 
@@ -33,6 +37,7 @@ class Endpoint:
         self.failures = 0
         self.down_until = 0.0
         self.ewma = 0.0
+        self.ewma_at = 0.0
         self.connects = 0
         self.requests = 0
         self.retired = False
@@ -59,9 +64,17 @@ class Endpoint:
     def succeeded(self) -> None:
         self.failures = 0
 
-    def observe_latency(self, seconds: float) -> None:
+    def observe_latency(self, seconds: float, now: float) -> None:
         # A fixed smoothing factor: recent responses weigh ~10x more than ones 20 ago.
         self.ewma = seconds if not self.ewma else self.ewma * 0.9 + seconds * 0.1
+        self.ewma_at = now
+
+    def latency(self, now: float) -> float:
+        """The latency estimate, fading while no response is seen, so that a server slow
+        once is tried again after a while instead of being shunned for ever."""
+        if not self.ewma:
+            return 0.0
+        return self.ewma * math.exp((self.ewma_at - now) / LATENCY_MEMORY)
 
     # --- pool -------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from .wire import (
     RESPONSE_CLASSES,
     SPELLINGS,
     TRANSFER,
+    UPGRADE,
     apply_header_ops,
     connection_header,
     connection_tokens,
@@ -78,6 +79,8 @@ class Exchange:
     try_deadline = 0.0  # the route's backend timeout for this attempt
     timeout: float | None = None
     backend_timeout: float | None = None
+    switching = False   # the upstream answered 101 to a WebSocket upgrade
+    bytes_in = 0        # bytes the client sent through a tunnel
 
     def __init__(self, client: ClientConnection, request: Request, runtime: Runtime):
         self.client = client
@@ -211,7 +214,8 @@ class Exchange:
             framing = b"Content-Length: %d\r\n\r\n" % request.content_length
         else:
             framing = b"\r\n"
-        return request_head(request, self.upstream, self.endpoint.label, self.client.peer_ip, framing)
+        extra = b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade if request.upgrade else b""
+        return request_head(request, self.upstream, self.endpoint.label, self.client.peer_ip, framing, extra)
 
     def send_mirrors(self) -> None:
         """Copies go out once the whole request is known; their fate never touches this one."""
@@ -270,6 +274,9 @@ class Exchange:
 
     def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         request = self.request
+        if status == 101 and request.upgrade is not None:
+            self.switch_protocols(reason, headers)
+            return
         if status < 200:
             self.relay_interim(status, reason, headers)
             return
@@ -284,7 +291,7 @@ class Exchange:
             cls = spelled(pair[0], -1)
             if cls < 0:
                 cls = header_class(pair[0])
-            if cls == 0 or cls > LENGTH:  # only hop-by-hop and framing headers matter here
+            if cls == 0 or cls > UPGRADE:  # only hop-by-hop and framing headers matter here
                 kept.append(pair)
             elif cls == LENGTH:
                 length = pair[1]
@@ -320,6 +327,44 @@ class Exchange:
             keep_upstream = connection.parser.should_keep_alive()
             connection.restart_parser()
             self.response_complete(keep_upstream)
+
+    # --- WebSocket: after a 101 the exchange is a byte tunnel until either side closes ------
+
+    def switch_protocols(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.switching = True
+        self.status = self.upstream_status = 101
+        parts = [status_line(101, reason)]
+        for name, value in headers:
+            if header_class(name) not in RESPONSE_CLASSES:
+                parts += (name, b": ", value, b"\r\n")
+        parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % self.request.upgrade)
+        head = b"".join(parts)
+        self.head_sent = True
+        self.bytes_out += len(head)
+        self.client.write(head)
+
+    def tunnel_open(self, first: bytes) -> None:
+        self.refresh_tunnel()
+        self.client.start_tunnel(self)
+        if first:
+            self.tunnel_down(first)
+
+    def tunnel_up(self, data: bytes) -> None:
+        connection = self.conn
+        if connection is not None:
+            self.bytes_in += len(data)
+            connection.write(data)
+            self.refresh_tunnel()
+
+    def tunnel_down(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        self.client.write(data)
+        self.refresh_tunnel()
+
+    def refresh_tunnel(self) -> None:
+        """An idle tunnel lives as long as the upstream's read timeout, counted from either side."""
+        if self.conn is not None:
+            self.conn.deadline = monotonic() + self.upstream.timeouts.read
 
     def relay_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         if status == 101 or self.request.version == "1.0" or (status == 100 and self.continue_sent):
@@ -362,6 +407,11 @@ class Exchange:
     # --- failures ---------------------------------------------------------------------
 
     def upstream_lost(self, connection: UpstreamConnection, exc: Exception | None) -> None:
+        if self.switching:
+            self.release(close=True)
+            self.client.close()
+            self.finish(False)
+            return
         if self.final_head and self.until_close:
             self.response_complete(False)
             return
@@ -386,6 +436,12 @@ class Exchange:
 
     def upstream_timeout(self) -> None:
         read = self.upstream.timeouts.read
+        if self.switching:
+            self.error = f"tunnel idle for {read:g}s"
+            self.release(close=True)
+            self.client.close()
+            self.finish(False)
+            return
         self.endpoint.failed(monotonic())
         self.upstream_failed(f"upstream {self.endpoint.label} did not answer within {read:g}s", 504)
 
@@ -446,7 +502,7 @@ class Exchange:
             endpoint.give_back(connection, now)
         if not close and self.sent_at:
             endpoint.succeeded()
-            endpoint.observe_latency(now - self.sent_at)
+            endpoint.observe_latency(now - self.sent_at, now)
 
     def finish(self, keep_alive: bool) -> None:
         if self.done:

@@ -55,6 +55,8 @@ class Request:
     query = ""
     variables: dict[str, str] | None = None
     mirrors: list | None = None
+    upgrade: bytes | None = None  # "websocket" when the client asked to switch to it
+    connection_upgrade = False
     _path: str | None = None
     _args: dict[str, list[str]] | None = None
     _cookies: dict[str, str] | None = None

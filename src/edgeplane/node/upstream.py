@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "endpoint", "transport", "parser", "exchange", "served", "idle_since", "closed",
-        "deadline", "headers", "reason", "received", "poisoned", "reading_paused",
+        "deadline", "headers", "reason", "received", "poisoned", "reading_paused", "tunneling",
     )
 
     def __init__(self, endpoint: Endpoint):
@@ -37,6 +37,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = False
         self.poisoned = False
         self.reading_paused = False
+        self.tunneling = False
 
     # --- transport events -------------------------------------------------------------
 
@@ -45,6 +46,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
+        if self.tunneling:
+            exchange.tunnel_down(data)
+            return
         if exchange is None:
             self.close()  # bytes on an idle connection: the server broke the protocol
             return
@@ -52,8 +56,12 @@ class UpstreamConnection(asyncio.Protocol):
         exchange.upstream_data_arrived(self)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self.fail("upstream switched protocols, which this route does not allow")
+        except httptools.HttpParserUpgrade as upgrade:
+            if not getattr(exchange, "switching", False):
+                self.fail("upstream switched protocols without being asked to")
+                return
+            self.tunneling = True
+            exchange.tunnel_open(data[upgrade.args[0]:] if upgrade.args else b"")
         except httptools.HttpParserError as error:
             self.fail(f"invalid response from upstream: {error}")
 

@@ -17,15 +17,18 @@ HOP = 1            # hop-by-hop: never forwarded (RFC 9110 §7.6.1)
 CONNECTION = 2     # hop-by-hop, and names more hop-by-hop headers
 TRANSFER = 3       # Transfer-Encoding
 LENGTH = 4         # Content-Length
-HOST = 5
-EXPECT = 6
-FORWARDED_FOR = 7  # X-Forwarded-For: appended to
-REPLACED = 8       # X-Forwarded-Proto / -Host: the node sets these itself
-REQUEST_ID = 9
+UPGRADE = 5        # hop-by-hop, but a WebSocket upgrade is carried across explicitly
+HOST = 6
+EXPECT = 7
+FORWARDED_FOR = 8  # X-Forwarded-For: appended to
+REPLACED = 9       # X-Forwarded-Proto / -Host: the node sets these itself
+REQUEST_ID = 10
+# Classes 1..UPGRADE are hop-by-hop or framing in both directions; the others matter only
+# in requests, so a response header of those classes passes through.
 
 _CLASSES = {
     b"connection": CONNECTION, b"keep-alive": HOP, b"proxy-connection": HOP, b"te": HOP,
-    b"trailer": HOP, b"upgrade": HOP, b"transfer-encoding": TRANSFER, b"content-length": LENGTH,
+    b"trailer": HOP, b"upgrade": UPGRADE, b"transfer-encoding": TRANSFER, b"content-length": LENGTH,
     b"host": HOST, b"expect": EXPECT, b"x-forwarded-for": FORWARDED_FOR,
     b"x-forwarded-proto": REPLACED, b"x-forwarded-host": REPLACED, b"x-request-id": REQUEST_ID,
 }
@@ -57,7 +60,7 @@ for _name in _ORDINARY:
 SPELLINGS.update(_BY_SPELLING)
 
 # A response header is special only for these classes; request-only ones pass through.
-RESPONSE_CLASSES = frozenset({HOP, CONNECTION, TRANSFER, LENGTH})
+RESPONSE_CLASSES = frozenset({HOP, CONNECTION, TRANSFER, LENGTH, UPGRADE})
 
 
 def header_class(name: bytes) -> int:

@@ -101,7 +101,7 @@ class Worker:
             start = exchange.started
             self.access_log.append((
                 time.time() - (now - exchange.started), request.request_id.decode("latin-1"), self.client_ip(exchange),
-                request.method, request.host, request.uri, exchange.status, request.body_size,
+                request.method, request.host, request.uri, exchange.status, request.body_size + exchange.bytes_in,
                 exchange.bytes_out, app, exchange.rule, upstream,
                 exchange.endpoint.label if exchange.endpoint is not None else None,
                 exchange.upstream_status or None, round((now - start) * 1000, 3),
