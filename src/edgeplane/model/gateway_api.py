@@ -54,10 +54,8 @@ _NOT_SUPPORTED = {
     "TLSRoute": "the node has no TLS passthrough yet",
     "BackendTLSPolicy": "the node has no TLS to upstreams yet",
 }
-_APP_PROTOCOLS = {
-    "kubernetes.io/ws": "WebSocket; the node does not proxy protocol upgrades yet, so WebSocket "
-                        "handshakes through it fail (plain HTTP requests still pass)",
-    "kubernetes.io/wss": "WebSocket over TLS; the node has neither protocol upgrades nor TLS to upstreams yet",
+_APP_PROTOCOLS = {  # backend protocols the node cannot speak (kubernetes.io/ws it tunnels as an upgrade)
+    "kubernetes.io/wss": "WebSocket over TLS; the node has no TLS to upstreams yet",
     "kubernetes.io/h2c": "HTTP/2 cleartext; the node speaks HTTP/1.1 to upstreams",
 }
 _DURATION_PART = re.compile(r"(\d{1,5})(ms|h|m|s)")
@@ -605,8 +603,8 @@ class _Importer:
                         self.warn_route(route, f"{where}.{name}", f"{name} is not supported yet; requests are "
                                                                   "sent as if it were absent")
                 for number, match in enumerate(rule.get("matches") or [{}]):
-                    rules = self.match_rules(route, rule, index, match, number, gateway_port)
-                    out.append((match_precedence(match), index, number, rules))
+                    translated = self.match_rules(route, rule, index, match, number, gateway_port)
+                    out.append((match_precedence(match), index, number, translated))
             route.blocks[gateway_port] = out
         return route.blocks[gateway_port]
 
