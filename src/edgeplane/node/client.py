@@ -22,6 +22,7 @@ from .exchange import Exchange
 from .locate import real_client
 from .request import Request
 from .wire import (
+    COMMON_CONNECTION,
     CONNECTION,
     EXPECT,
     FORWARDED_FOR,
@@ -71,7 +72,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
-        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding", "tunnel",
+        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding", "tunnel", "app_cache",
         "held",
     )
 
@@ -94,6 +95,7 @@ class ClientConnection(asyncio.Protocol):
         self.feeding = 0     # size of the data being parsed now
         self.host_raw: bytes | None = b"\x00"  # the last Host seen, and what it normalized to
         self.host_name = ""
+        self.app_cache: tuple | None = None
         self.tunnel: Exchange | None = None  # a switched (WebSocket) connection: bytes pass through
         self.held: bytes | None = None       # bytes after an upgrade request, until the upstream answers
         self.dispatching = False
@@ -227,7 +229,11 @@ class ClientConnection(asyncio.Protocol):
                 if not cls:
                     append(pair)
                     continue
-            extra = self.special_header(request, cls, pair[1].rstrip(b" \t"))
+            value = pair[1]
+            if cls == HOST and request.host_header is None:  # nearly every request: skip the call
+                request.host_header = value.rstrip(b" \t")
+                continue
+            extra = self.special_header(request, cls, value.rstrip(b" \t"))
             if extra:
                 dropped = (dropped or []) + extra
         if dropped:
@@ -261,7 +267,9 @@ class ClientConnection(asyncio.Protocol):
         elif cls == UPGRADE:
             request.upgrade = value
         elif cls == CONNECTION:
-            tokens = connection_tokens(value)
+            tokens = COMMON_CONNECTION.get(value)
+            if tokens is None:
+                tokens = connection_tokens(value)
             if b"upgrade" in tokens:
                 request.connection_upgrade = True
             extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
@@ -402,7 +410,20 @@ class ClientConnection(asyncio.Protocol):
             return
         if exchange.request.upgrade is not None:
             self.resume_after_refused_upgrade()
-        self.dispatch()
+        if self.queue:
+            self.dispatch()
+        elif self.current is None:
+            self.deadline = monotonic() + self.worker.runtime.limits.keepalive_timeout
+
+    def application(self, runtime: object, host: str) -> object:
+        """The application for a host on this connection's port, remembered for the next
+        request of a keep-alive connection (same runtime, same host)."""
+        cached = self.app_cache
+        if cached is not None and cached[0] is runtime and cached[1] == host:
+            return cached[2]
+        app = runtime.lookup(self.port, host)
+        self.app_cache = (runtime, host, app)
+        return app
 
     def may_keep_alive(self, request: Request) -> bool:
         return (request.keep_alive and not self.worker.draining and not self.closing

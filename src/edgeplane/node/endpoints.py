@@ -61,9 +61,6 @@ class Endpoint:
             self.down_until = now + self.fail_timeout
             self.failures = 0
 
-    def succeeded(self) -> None:
-        self.failures = 0
-
     def observe_latency(self, seconds: float, now: float) -> None:
         # A fixed smoothing factor: recent responses weigh ~10x more than ones 20 ago.
         self.ewma = seconds if not self.ewma else self.ewma * 0.9 + seconds * 0.1

@@ -16,6 +16,7 @@ from ..lang.compile import LocalResponse
 from .mirror import MirrorExchange
 from .upstream import UpstreamConnection
 from .wire import (
+    COMMON_CONNECTION,
     CONNECTION,
     LENGTH,
     RESPONSE_CLASSES,
@@ -93,7 +94,7 @@ class Exchange:
 
     def start(self) -> None:
         request = self.request
-        app = self.runtime.lookup(self.client.port, request.host)
+        app = self.client.application(self.runtime, request.host)
         if app is None:
             self.fail_local(404, f"no application serves host {request.host!r} on port {self.client.port}")
             return
@@ -132,7 +133,9 @@ class Exchange:
 
     def connect(self) -> None:
         upstream = self.upstream
-        endpoint = upstream.balancer.pick(self.request, monotonic(), self.tried)
+        endpoint = upstream.single
+        if endpoint is None or endpoint.down_until or self.tried:
+            endpoint = upstream.balancer.pick(self.request, monotonic(), self.tried)
         if endpoint is None:
             if self.tried:
                 status = 504 if self.timed_out else 502
@@ -194,10 +197,12 @@ class Exchange:
             self.remember(body)
         request.body = None
         if request.complete:
-            parts.append(self.body_end())
+            if request.chunked:
+                parts.append(self.body_end())
             self.sent_at = now
             connection.deadline = now + self.upstream.timeouts.read
-            self.send_mirrors()
+            if request.mirrors:
+                self.send_mirrors()
         else:
             request.exchange = self
             if request.expect_continue and not body and not self.continue_sent:
@@ -286,20 +291,24 @@ class Exchange:
         chunked = False
         dropped: list[bytes] = []
         kept: list[tuple[bytes, bytes]] = []
+        append = kept.append
         spelled = SPELLINGS.get
         for pair in headers:
             cls = spelled(pair[0], -1)
             if cls < 0:
                 cls = header_class(pair[0])
             if cls == 0 or cls > UPGRADE:  # only hop-by-hop and framing headers matter here
-                kept.append(pair)
+                append(pair)
             elif cls == LENGTH:
                 length = pair[1]
-                kept.append(pair)
+                append(pair)
             elif cls == TRANSFER:
                 chunked = True
             elif cls == CONNECTION:
-                dropped += [t for t in connection_tokens(pair[1]) if t not in (b"close", b"keep-alive")]
+                tokens = COMMON_CONNECTION.get(pair[1])
+                if tokens is None:
+                    tokens = connection_tokens(pair[1])
+                dropped += [t for t in tokens if t not in (b"close", b"keep-alive")]
         if dropped:
             kept = [h for h in kept if h[0].lower() not in dropped]
         if self.ops:
@@ -501,7 +510,7 @@ class Exchange:
         else:
             endpoint.give_back(connection, now)
         if not close and self.sent_at:
-            endpoint.succeeded()
+            endpoint.failures = 0  # a success: the count of consecutive failures starts again
             endpoint.observe_latency(now - self.sent_at, now)
 
     def finish(self, keep_alive: bool) -> None:

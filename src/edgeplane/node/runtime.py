@@ -26,6 +26,7 @@ class UpstreamRuntime:
     timeouts: UpstreamTimeouts
     host_header: bytes | None
     keys: frozenset
+    single: object = None  # the endpoint, when the upstream has exactly one server
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +99,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
             timeouts=upstream.timeouts,
             host_header=upstream.host.encode("latin-1") if upstream.host else None,
             keys=frozenset(e.key for e, _ in primaries + backups),
+            single=primaries[0][0] if len(primaries) == 1 and not backups else None,
         )
     settings = config.settings
     context = CompileContext(

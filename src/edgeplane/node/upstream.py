@@ -136,7 +136,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = None
         self.deadline = 0.0
         self.served += 1
-        self.resume_reading()  # a pooled connection must not stay paused for its next user
+        if self.reading_paused:  # a pooled connection must not stay paused for its next user
+            self.resume_reading()
 
     def restart_parser(self) -> None:
         """A response without a body the parser knows of (HEAD): start the next one afresh."""

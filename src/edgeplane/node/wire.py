@@ -74,6 +74,12 @@ def connection_tokens(value: bytes) -> list[bytes]:
     return [token.strip().lower() for token in value.split(b",") if token.strip()]
 
 
+# The Connection values nearly every message carries, already split.
+COMMON_CONNECTION = {spelling: connection_tokens(spelling) for spelling in (
+    b"keep-alive", b"Keep-Alive", b"close", b"Close", b"Upgrade", b"upgrade", b"keep-alive, Upgrade",
+    b"Upgrade, Keep-Alive", b"Keep-Alive, Upgrade")}
+
+
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in _REASONS.items()}
 
