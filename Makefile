@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench lint clean
+.PHONY: run test bench bench-rules lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	bash bench/run.sh
+
+bench-rules: $(STAMP)
+	$(BIN)/python bench/rules.py
+	$(BIN)/python bench/rules_e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -445,6 +445,10 @@ class _Compiled:
     conditions: list[Condition]
 
 
+EQUALITY_INDEXED = frozenset({"host", "scheme", "method", "uri", "query", "client-ip", "http-version",
+                              "header", "arg", "cookie", "var", "location"})
+
+
 class RuleIndex:
     """Which rules of a chain could match a request, as a bitmask in chain order."""
 
@@ -453,14 +457,21 @@ class RuleIndex:
         self.exact: dict[str, int] = {}
         prefixes: dict[int, dict[str, int]] = {}
         regexes: dict[str, tuple[Getter, list]] = {}
+        equals: dict[tuple, tuple[Getter, dict[str, int], bool]] = {}
         for position, rule in enumerate(chain):
             bit = 1 << position
             key = self.key_of(rule.conditions)
             if key is None:
                 self.always |= bit
-            elif key.op in ("eq", "in"):
+            elif key.op in ("eq", "in") and key.var == "path":
                 for value in key.values:
                     self.exact[value] = self.exact.get(value, 0) | bit
+            elif key.op in ("eq", "in"):
+                group = (key.var, (key.name or "").lower() if key.var == "header" else key.name, key.caseless)
+                _, table, _ = equals.setdefault(group, (variable_getter(key, context), {}, key.caseless))
+                for value in key.values:
+                    value = value.lower() if key.caseless else value
+                    table[value] = table.get(value, 0) | bit
             elif key.op == "prefix":
                 for value in key.values:
                     table = prefixes.setdefault(len(value), {})
@@ -470,22 +481,25 @@ class RuleIndex:
                 _, patterns = regexes.setdefault(key.var, (getter, []))
                 patterns += [(value, key.caseless, bit) for value in key.values]
         self.prefixes = tuple(sorted(prefixes.items()))
+        self.equals = tuple(equals.values())
         self.scans = tuple((getter, regex_set(patterns)) for getter, patterns in regexes.values())
         self.uses_path = bool(self.exact or self.prefixes)
 
     @staticmethod
     def key_of(conditions: list[Condition]) -> Condition | None:
-        """The condition that best narrows a rule: exact path, then path prefix, then a regex."""
+        """The condition that best narrows a rule: exact path, path prefix, another equality,
+        then a regex. A rule with none of these is a candidate for every request."""
         ranked = []
         for condition in conditions:
-            if condition.caseless and condition.op != "regex":
-                continue
-            if condition.var == "path" and condition.op in ("eq", "in"):
+            op, var = condition.op, condition.var
+            if var == "path" and op in ("eq", "in") and not condition.caseless:
                 ranked.append((0, condition))
-            elif condition.var == "path" and condition.op == "prefix":
+            elif var == "path" and op == "prefix" and not condition.caseless:
                 ranked.append((1, condition))
-            elif condition.op == "regex" and condition.var in ("path", "uri", "host", "query", "method"):
+            elif op in ("eq", "in") and var in EQUALITY_INDEXED:
                 ranked.append((2, condition))
+            elif op == "regex" and var in ("path", "uri", "host", "query", "method"):
+                ranked.append((3, condition))
         return min(ranked, key=lambda item: item[0])[1] if ranked else None
 
     def candidates(self, request: Any) -> int:
@@ -498,6 +512,13 @@ class RuleIndex:
                 if length > size:
                     break
                 mask |= table.get(path[:length], 0)
+        for getter, table, caseless in self.equals:
+            subject = getter(request)
+            if isinstance(subject, str):
+                mask |= table.get(subject.lower() if caseless else subject, 0)
+            else:
+                for value in subject:
+                    mask |= table.get(value.lower() if caseless else value, 0)
         for getter, scanner in self.scans:
             mask |= scanner.matches(getter(request))
         return mask

@@ -1,0 +1,118 @@
+"""End-to-end cost of many rules: requests/s through one node worker with 1,000 rules
+(300 of them regexes) as a ratio to the same requests through a one-rule application.
+
+Same backend (nginx), same wrk load and request mix in both configurations, rounds
+alternated; prints median requests/s, CPU microseconds per request, and the ratio on the
+last line as `rules: e2e_ratio_1000_vs_1=<x>`. Run with `make bench-rules`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import workload as wl  # noqa: E402
+from procs import Edgeplane, Nginx, Procs, cpu_seconds, free_port, run_wrk  # noqa: E402
+
+RULES = 1000
+REGEX_SHARE = 300
+HOST = "rules.bench.test"
+
+
+def many_rules() -> list[dict]:
+    """1,000 rules of the kinds operators write: exact paths, prefixes, header tests, regexes."""
+    rules = []
+    for index in range(RULES - 1):
+        kind = index % 10
+        if kind < 3:  # 300 regexes
+            condition = {"var": "path", "op": "regex", "values": [rf"^/r{index}/items/[0-9]+$"]}
+        elif kind < 6:
+            condition = {"var": "path", "op": "prefix", "values": [f"/p{index}/"]}
+        elif kind < 8:
+            condition = {"var": "path", "op": "eq", "values": [f"/e{index}"]}
+        else:
+            condition = {"var": "header", "name": "X-Tenant", "op": "eq", "values": [f"t{index}"]}
+        rules.append({"name": f"rule-{index}", "conditions": [condition],
+                      "actions": [{"set-request-header": {"name": "X-Rule", "value": str(index)}},
+                                  {"proxy": {"upstream": "backend"}}]})
+    rules.append({"name": "default", "actions": [{"proxy": {"upstream": "backend"}}]})
+    return rules
+
+
+def targets() -> list[str]:
+    """Paths that hit rules late in the list, and the default at the very end."""
+    return ["/r990/items/42", "/p995/cart", "/e996", "/r900/items/7", "/p903/x", "/catalog/shoes?page=2",
+            "/e16", "/r0/items/1"]
+
+
+def config(port: int, backend_port: int, rules: list[dict]) -> dict:
+    return {"settings": {"access_log": {"enabled": False},
+                         "limits": {"keepalive_timeout": "300s", "keepalive_requests": 100000}},
+            "upstreams": [{"name": "backend", "servers": [{"address": "127.0.0.1", "port": backend_port}],
+                           "pool": {"max_idle": 256, "max_requests": 100000, "idle_timeout": "300s"}}],
+            "applications": [{"name": "rules", "domains": [HOST], "ports": [port], "rules": rules}]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_DURATION", "8")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
+    parser.add_argument("--nginx", default="/usr/sbin/nginx")
+    args = parser.parse_args()
+    work = args.workdir or tempfile.mkdtemp(prefix="edgeplane-bench-rules-")
+    procs = Procs(os.path.join(work, "pids"))
+    exe = os.path.join(os.path.dirname(HERE), ".venv", "bin", "edgeplane")
+    try:
+        backend_port = free_port()
+        prefix = os.path.join(work, "backend")
+        Nginx(procs, args.nginx, prefix, wl.nginx_backend(prefix, backend_port), backend_port, "backend nginx")
+        requests = os.path.join(work, "requests.txt")
+        with open(requests, "w") as handle:
+            for path in targets():
+                handle.write(wl.raw_request(HOST, path).decode("latin-1").replace("\r\n", "\\r\\n") + "\n")
+        nodes = {}
+        for label, rules in (("1 rule", [{"actions": [{"proxy": {"upstream": "backend"}}]}]),
+                             (f"{RULES} rules", many_rules())):
+            port = free_port()
+            path = os.path.join(work, f"{label.replace(' ', '-')}.json")
+            wl.write_json(path, config(port, backend_port, rules))
+            nodes[label] = Edgeplane(procs, exe, path, port, None, os.path.join(work, f"{label}.log"), label)
+        script = os.path.join(HERE, "wrk", "mix.lua")
+        results: dict[str, list[tuple[float, float]]] = {label: [] for label in nodes}
+        print(f"rules bench: wrk -t1 -c50 -d{args.duration:g}s x {args.rounds} rounds, {len(targets())} paths, "
+              f"{RULES} rules with {REGEX_SHARE} regexes vs 1 rule", flush=True)
+        for round_number in range(args.rounds + 1):
+            order = list(nodes.items()) if round_number % 2 else list(reversed(nodes.items()))
+            for label, node in order:
+                cpu0 = cpu_seconds(node.worker_pid)
+                outcome = run_wrk(procs, script, requests, f"http://127.0.0.1:{node.port}/",
+                                  args.duration if round_number else 2, 50)
+                cpu = cpu_seconds(node.worker_pid) - cpu0
+                errors = sum(outcome[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+                if errors:
+                    raise SystemExit(f"{label}: {errors} errors in round {round_number}")
+                if round_number:  # round 0 warms up
+                    results[label].append((outcome["rps"], 1e6 * cpu / max(outcome["requests"], 1)))
+                    print(f"  round {round_number} {label:<11} {outcome['rps']:>9.1f} req/s "
+                          f"{results[label][-1][1]:>6.1f} us/req", flush=True)
+        medians = {label: (statistics.median(r for r, _ in rows), statistics.median(u for _, u in rows))
+                   for label, rows in results.items()}
+        for label, (rps, us) in medians.items():
+            print(f"  median {label:<11} {rps:>9.1f} req/s {us:>6.1f} us/req")
+        one, many = medians["1 rule"], medians[f"{RULES} rules"]
+        print(f"  CPU per request: +{many[1] - one[1]:.1f} us for {RULES} rules")
+        print(f"rules: e2e_ratio_1000_vs_1={many[0] / one[0]:.3f} cpu_ratio_1_vs_1000={one[1] / many[1]:.3f}")
+        return 0
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
