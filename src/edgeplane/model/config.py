@@ -424,12 +424,63 @@ class Rule(Model):
 _DOMAIN = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
+class Certificate(Model):
+    """A certificate chain and its private key: PEM text inline, or files the node reads."""
+
+    name: Name
+    cert: str | None = Field(None, description="PEM: the certificate, then its chain")
+    key: str | None = Field(None, description="PEM private key")
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @model_validator(mode="after")
+    def _pem(self) -> Certificate:
+        if (self.cert is None) == (self.cert_file is None):
+            raise ValueError("give exactly one of cert (PEM text) or cert_file")
+        if (self.key is None) == (self.key_file is None):
+            raise ValueError("give exactly one of key (PEM text) or key_file")
+        if self.cert is not None and self.key is not None:
+            check_key_pair(self.cert, self.key)
+        return self
+
+
+def check_key_pair(cert_pem: str, key_pem: str) -> None:
+    """The PEM texts parse, and the key is the certificate's (its public key matches)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem.encode())
+    except ValueError as error:
+        raise ValueError(f"cert: not a PEM certificate chain ({error})") from None
+    try:
+        key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"key: not an unencrypted PEM private key ({error})") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    encoding = serialization.Encoding.DER
+    if chain[0].public_key().public_bytes(encoding, public) != key.public_key().public_bytes(encoding, public):
+        raise ValueError("key: does not belong to the first certificate of cert")
+
+
 class Application(Model):
     name: Name
     domains: list[str] = Field(min_length=1)
-    ports: list[Port] = Field(default_factory=lambda: [8080], min_length=1)
+    ports: list[Port] = Field(default_factory=lambda: [8080], description="plain HTTP ports")
+    https_ports: list[Port] = Field(default_factory=list, description="ports that terminate TLS")
+    certificates: list[Name] = Field(default_factory=list, description="chosen by SNI among these")
     partitions: list[Name] = Field(default_factory=lambda: ["default"], min_length=1)
     rules: list[Rule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _listeners(self) -> Application:
+        if not self.ports and not self.https_ports:
+            raise ValueError("an application needs ports or https_ports")
+        if self.https_ports and not self.certificates:
+            raise ValueError("https_ports need certificates: the names of certificates to serve")
+        both = set(self.ports) & set(self.https_ports)
+        if both:
+            raise ValueError(f"port {min(both)} cannot be both a plain and an HTTPS port")
+        return self
 
     @field_validator("domains")
     @classmethod
@@ -515,13 +566,14 @@ class Config(Model):
     nodes: list[Node] = Field(default_factory=list)
     settings: Settings = Settings()
     upstreams: list[Upstream] = Field(default_factory=list)
+    certificates: list[Certificate] = Field(default_factory=list)
     global_rules: GlobalRules = GlobalRules()
     applications: list[Application] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
         errors: list[str] = []
-        for kind in ("partitions", "clusters", "nodes", "upstreams", "applications"):
+        for kind in ("partitions", "clusters", "nodes", "upstreams", "certificates", "applications"):
             seen: dict[str, int] = {}
             for index, item in enumerate(getattr(self, kind)):
                 if item.name in seen:
@@ -547,13 +599,27 @@ class Config(Model):
                         if name not in upstreams:
                             errors.append(f"{where}[{r}].actions[{x}].{action.kind}.{field}: "
                                           f"no upstream named {name!r}; known: {sorted(upstreams)}")
+        certificates = {c.name for c in self.certificates}
+        tls_of_port: dict[tuple[str, int], tuple[bool, str]] = {}
         for a, app in enumerate(self.applications):
             for p, partition in enumerate(app.partitions):
                 if partition not in partitions:
                     errors.append(f"applications[{a}].partitions[{p}]: no partition named {partition!r}")
+            for c, name in enumerate(app.certificates):
+                if name not in certificates:
+                    errors.append(f"applications[{a}].certificates[{c}]: no certificate named {name!r}; "
+                                  f"known: {sorted(certificates)}")
+            for tls, ports in ((False, app.ports), (True, app.https_ports)):
+                for port in ports:
+                    for partition in app.partitions:
+                        seen = tls_of_port.setdefault((partition, port), (tls, app.name))
+                        if seen[0] != tls:
+                            kind = "https_ports" if tls else "ports"
+                            errors.append(f"applications[{a}].{kind}: port {port} is {'plain' if tls else 'HTTPS'} "
+                                          f"for application {seen[1]!r}; a port is one or the other")
             for d, domain in enumerate(app.domains):
                 for partition in app.partitions:
-                    for port in app.ports:
+                    for port in app.ports + app.https_ports:
                         owner = claimed.setdefault((partition, domain, port), app.name)
                         if owner != app.name:
                             errors.append(f"applications[{a}].domains[{d}]: {domain}:{port} is already "

@@ -21,6 +21,7 @@ from ..lang.compile import LocalResponse
 from .exchange import Exchange
 from .locate import real_client
 from .request import Request
+from .tls import SNI_ATTRIBUTE
 from .wire import (
     COMMON_CONNECTION,
     CONNECTION,
@@ -72,13 +73,15 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
-        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding", "tunnel", "app_cache",
+        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding", "tunnel", "app_cache", "tls", "sni",
         "held",
     )
 
-    def __init__(self, worker: Worker, port: int):
+    def __init__(self, worker: Worker, port: int, tls: bool = False):
         self.worker = worker
         self.port = port
+        self.tls = tls
+        self.sni = ""
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = b""
@@ -108,6 +111,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b""
+        if self.tls:
+            self.sni = getattr(transport.get_extra_info("ssl_object"), SNI_ATTRIBUTE, "") or ""
         self.worker.connections.add(self)
         self.deadline = monotonic() + self.worker.runtime.limits.client_header_timeout
 
@@ -196,7 +201,9 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         now = monotonic()
-        self.current = Request(now, self.port)
+        self.current = request = Request(now, self.port)
+        if self.tls:
+            request.scheme, request.scheme_bytes, request.sni = "https", b"https", self.sni
         self.in_head = True
         self.head_raw = 0
         self.deadline = now + self.worker.runtime.limits.client_header_timeout

@@ -17,6 +17,7 @@ from ..model.load import dump
 from .balance import Balancer, make_balancer
 from .endpoints import EndpointRegistry
 from .locate import PrefixTable, locator
+from .tls import TlsPort, compile_tls
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +77,7 @@ class Runtime:
     ports: dict[int, HostTable]
     upstreams: dict[str, UpstreamRuntime]
     trusted: PrefixTable
+    tls: dict[int, TlsPort]
 
     def lookup(self, port: int, host: str) -> AppRuntime | None:
         table = self.ports.get(port)
@@ -111,7 +113,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
             continue
         route = compile_rules(app.rules, upstreams, context, config.global_rules.before, config.global_rules.after)
         compiled = AppRuntime(app.name, route)
-        for port in app.ports:
+        for port in app.ports + app.https_ports:
             table = ports.setdefault(port, HostTable())
             for domain in app.domains:
                 table.add(domain, compiled)
@@ -123,6 +125,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
         ports=ports,
         upstreams=upstreams,
         trusted=PrefixTable([(cidr, "trusted") for cidr in settings.trusted_proxies]),
+        tls=compile_tls([a for a in config.applications if partition in a.partitions], config.certificates),
     )
 
 

@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from .endpoints import EndpointRegistry
 from .exchange import Exchange
 from .runtime import Runtime, compile_runtime, endpoint_keys
 from .telemetry import AccessLog, Metrics
+from .tls import front_context
 
 TICK = 0.1  # deadline resolution in seconds
 
@@ -66,7 +68,8 @@ class Worker:
         self.connections: set[ClientConnection] = set()
         self.busy: set = set()
         self.timed: set[Exchange] = set()  # exchanges with route timeouts
-        self.listeners: dict[int, asyncio.AbstractServer] = {}
+        self.listeners: dict[int, asyncio.AbstractServer | None] = {}
+        self.listener_tls: dict[int, bool] = {}
         self.control: asyncio.AbstractServer | None = None
         self.draining = False
         self.metrics = Metrics()
@@ -136,7 +139,7 @@ class Worker:
         config = load(self.config_path)
         try:
             return compile_runtime(config, self.registry, self.partition)
-        except (ValueError, OSError, re.error) as error:
+        except (ValueError, OSError, re.error, ssl.SSLError) as error:
             # Valid by the model but not compilable here (e.g. an unreadable GeoIP file).
             raise ConfigError(str(self.config_path), [Problem("", f"cannot compile: {error}")]) from None
 
@@ -169,28 +172,36 @@ class Worker:
         return True
 
     def reconcile_listeners(self, runtime: Runtime) -> None:
-        """Open every new port first; only when all are open close the ones no longer used."""
+        """Open every new listener first (a port that turns to or from TLS gets a new one);
+        only when all are open close the ones no longer wanted."""
         opened: dict[int, socket.socket] = {}
         try:
             for port in runtime.ports:
-                if port not in self.listeners:
+                if port not in self.listeners or self.listener_tls[port] != (port in runtime.tls):
                     opened[port] = open_listener(self.bind, port)
         except OSError:
             for sock in opened.values():
                 sock.close()
             raise
         for port, sock in opened.items():
+            replaced = self.listeners.pop(port, None)
+            if replaced is not None:
+                replaced.close()
             self.listeners[port] = None  # reserved; serve() puts the started server here
-            self.spawn(self.serve(port, sock))
+            self.listener_tls[port] = tls = port in runtime.tls
+            self.spawn(self.serve(port, sock, tls))
         for port in [p for p in self.listeners if p not in runtime.ports]:
             server = self.listeners.pop(port)
             if server is not None:
                 server.close()
 
-    async def serve(self, port: int, sock: socket.socket) -> None:
+    async def serve(self, port: int, sock: socket.socket, tls: bool) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(lambda: ClientConnection(self, port), sock=sock, backlog=4096)
-        if port in self.listeners and not self.draining:
+        context = front_context(lambda: self.runtime.tls, port) if tls else None
+        server = await loop.create_server(
+            lambda: ClientConnection(self, port, tls), sock=sock, backlog=4096, ssl=context,
+            ssl_handshake_timeout=self.runtime.limits.client_header_timeout if tls else None)
+        if self.listeners.get(port, False) is None and self.listener_tls.get(port) == tls and not self.draining:
             self.listeners[port] = server
         else:
             server.close()

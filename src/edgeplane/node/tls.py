@@ -1,0 +1,119 @@
+"""TLS termination: one server context per certificate, chosen by SNI per HTTPS port.
+
+Each HTTPS listener keeps one front context for its whole life; its SNI callback asks the
+worker's current runtime which certificate serves the name, so a reload changes
+certificates for new handshakes without rebinding the port or touching open connections.
+A private key given inline exists on disk only for the instant OpenSSL reads it, in a
+file only this process can read.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
+
+from ..model.config import Application, Certificate
+
+SNI_ATTRIBUTE = "edgeplane_sni"  # where the callback leaves the name a client asked for
+
+
+def certificate_context(certificate: Certificate) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    if certificate.cert_file is not None and certificate.key_file is not None:
+        context.load_cert_chain(certificate.cert_file, certificate.key_file)
+        return context
+    directory = tempfile.mkdtemp(prefix="edgeplane-tls-")  # mode 0700
+    try:
+        paths = []
+        for name, pem in (("cert.pem", certificate.cert), ("key.pem", certificate.key)):
+            path = os.path.join(directory, name)
+            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                handle.write(pem or "")
+            paths.append(path)
+        cert_path = certificate.cert_file or paths[0]
+        key_path = certificate.key_file or paths[1]
+        context.load_cert_chain(cert_path, key_path)
+    finally:
+        for name in ("cert.pem", "key.pem"):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+        os.rmdir(directory)
+    return context
+
+
+class TlsPort:
+    """Server name → certificate context for one HTTPS port: exact name, then the longest
+    wildcard, then the first certificate of the first application on the port."""
+
+    __slots__ = ("exact", "wildcards", "default")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, ssl.SSLContext] = {}
+        self.wildcards: dict[str, ssl.SSLContext] = {}
+        self.default: ssl.SSLContext | None = None
+
+    def add(self, domain: str, context: ssl.SSLContext) -> None:
+        if self.default is None:
+            self.default = context
+        if domain == "*":
+            return
+        table, key = (self.wildcards, domain[1:]) if domain.startswith("*.") else (self.exact, domain)
+        table.setdefault(key, context)
+
+    def select(self, name: str | None) -> ssl.SSLContext | None:
+        if name:
+            name = name.lower().rstrip(".")
+            context = self.exact.get(name)
+            if context is not None:
+                return context
+            dot = name.find(".")
+            while dot >= 0:
+                context = self.wildcards.get(name[dot:])
+                if context is not None:
+                    return context
+                dot = name.find(".", dot + 1)
+        return self.default
+
+
+def compile_tls(applications: list[Application], certificates: list[Certificate]) -> dict[int, TlsPort]:
+    """The TLS ports of these applications, each with the contexts of its certificates."""
+    by_name = {c.name: c for c in certificates}
+    contexts: dict[str, ssl.SSLContext] = {}
+    ports: dict[int, TlsPort] = {}
+    for app in applications:
+        if not app.https_ports:
+            continue
+        chosen = []
+        for name in app.certificates:
+            if name not in contexts:
+                contexts[name] = certificate_context(by_name[name])
+            chosen.append(contexts[name])
+        for port in app.https_ports:
+            table = ports.setdefault(port, TlsPort())
+            for domain in app.domains:
+                table.add(domain, chosen[0])
+    return ports
+
+
+def front_context(current: Callable[[], dict[int, TlsPort]], port: int, ) -> ssl.SSLContext:
+    """The context a listener is created with: it only picks the real one by SNI."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+
+    def choose(ssl_object: ssl.SSLObject, server_name: str | None, _front: ssl.SSLContext) -> int | None:
+        table = current().get(port)
+        selected = table.select(server_name) if table is not None else None
+        if selected is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        setattr(ssl_object, SNI_ATTRIBUTE, server_name or "")
+        ssl_object.context = selected
+        return None
+    context.sni_callback = choose
+    return context
