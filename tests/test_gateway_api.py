@@ -4,12 +4,16 @@ manifests that import back to the same routing. What cannot be translated is rep
 
 from __future__ import annotations
 
+import base64
 import json
+import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
 from edgeplane.cli import main
@@ -30,7 +34,7 @@ from edgeplane.node.endpoints import EndpointRegistry
 from edgeplane.node.request import Request
 from edgeplane.node.runtime import compile_runtime
 
-from conftest import ENV, Node, free_port, wait_port
+from conftest import ENV, Echo, Node, free_port, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFORMANCE = Path(__file__).parent / "conformance" / "gateway-api"
@@ -41,6 +45,9 @@ ENDPOINTS = {
     ("shop", "c", 80): [("10.0.0.3", 3000)],
     ("other", "d", 80): [("10.0.0.4", 3000)],
 }
+CA = trustme.CA()
+SHOP_CERT = CA.issue_cert("shop.com", "*.shop.com")
+OTHER_CERT = CA.issue_cert("other.test", "*.other.test")
 
 
 # --- manifests and what the node would do with them -----------------------------------
@@ -85,6 +92,35 @@ def rule(*matches: dict, to: str | list | None = "a", filters: list | None = Non
     return spec
 
 
+def pem(leaf: trustme.LeafCert) -> tuple[str, str]:
+    """(certificate chain, key) as PEM text."""
+    return "".join(b.bytes().decode() for b in leaf.cert_chain_pems), leaf.private_key_pem.bytes().decode()
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def tls_secret(name: str = "shop-tls", namespace: str = "shop", leaf: trustme.LeafCert = SHOP_CERT) -> dict:
+    cert, key = pem(leaf)
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+            "type": "kubernetes.io/tls", "data": {"tls.crt": b64(cert), "tls.key": b64(key)}}
+
+
+def https(name: str = "https", port: int = 443, hostname: str | None = None, secret: str = "shop-tls",
+          namespace: str | None = None, **tls) -> dict:
+    """An HTTPS listener terminating TLS with the Secret named."""
+    ref = {"group": "", "kind": "Secret", "name": secret, **({"namespace": namespace} if namespace else {})}
+    return {**listener(name, port, hostname, protocol="HTTPS"), "tls": {"certificateRefs": [ref], **tls}}
+
+
+def grant(namespace: str, source: str, target: str, name: str | None = None) -> dict:
+    """A ReferenceGrant in `namespace` letting `source`s of namespace shop refer to its `target`s."""
+    to = {"group": "", "kind": target, **({"name": name} if name else {})}
+    return {"apiVersion": f"{GROUP}/v1beta1", "kind": "ReferenceGrant", "metadata": {"name": "g", "namespace": namespace},
+            "spec": {"from": [{"group": GROUP, "kind": source, "namespace": "shop"}], "to": [to]}}
+
+
 def prefix(value: str, **more) -> dict:
     return {"path": {"type": "PathPrefix", "value": value}, **more}
 
@@ -98,13 +134,13 @@ def translate(*documents: dict, ports: dict | None = None):
 
 
 def decide(config, target: str = "/", host: str = "example.com", method: str = "GET",
-           headers: dict | None = None, port: int = 80):
+           headers: dict | None = None, port: int = 80, scheme: str = "http"):
     """What a node running `config` does with a request: ("proxy", upstream, request) or
     (status, response headers, request); 404 when no application or rule takes it."""
     runtime = compile_runtime(config, EndpointRegistry())
     app = runtime.lookup(port, host)
     request = Request()
-    request.method, request.host, request.port, request.scheme = method, host, port, "http"
+    request.method, request.host, request.port, request.scheme = method, host, port, scheme
     request.headers = [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
     path, _, query = target.partition("?")
     request.set_target(path, query)
@@ -318,10 +354,7 @@ def test_a_service_in_another_namespace_needs_a_reference_grant():
     config, warnings = translate(gateway(), route("r", rule(to=ref)))
     assert upstream_of(config) == 500
     assert "no ReferenceGrant in 'other'" in str(warnings[0])
-    grant = {"apiVersion": f"{GROUP}/v1beta1", "kind": "ReferenceGrant", "metadata": {"name": "g", "namespace": "other"},
-             "spec": {"from": [{"group": GROUP, "kind": "HTTPRoute", "namespace": "shop"}],
-                      "to": [{"group": "", "kind": "Service", "name": "d"}]}}
-    config, warnings = translate(gateway(), route("r", rule(to=ref)), grant)
+    config, warnings = translate(gateway(), route("r", rule(to=ref)), grant("other", "HTTPRoute", "Service", "d"))
     assert upstream_of(config) == "d" and not warnings
 
 
@@ -428,11 +461,148 @@ def test_rules_are_named_after_route_and_rule():
     assert [r.name for r in config.applications[0].rules] == ["shop/r/checkout", "shop/r/rules[1]"]
 
 
+# --- HTTPS listeners -------------------------------------------------------------------
+
+
+def test_an_https_listener_terminates_tls_with_its_secret_certificate():
+    config, warnings = translate(gateway(https()), route("r", rule()), tls_secret())
+    assert not warnings
+    app = config.applications[0]
+    assert (app.ports, app.https_ports, app.certificates) == ([], [443], ["shop-tls"])
+    assert [(c.name, c.cert, c.key) for c in config.certificates] == [("shop-tls", *pem(SHOP_CERT))]
+    assert upstream_of(config, port=443, scheme="https") == "a"
+
+
+def test_secret_string_data_is_pem_text_and_wins_over_data():
+    secret = tls_secret(leaf=OTHER_CERT)
+    cert, key = pem(SHOP_CERT)
+    secret["stringData"] = {"tls.crt": cert, "tls.key": key}
+    config, warnings = translate(gateway(https()), route("r", rule()), secret)
+    assert not warnings and (config.certificates[0].cert, config.certificates[0].key) == (cert, key)
+
+
+def test_a_missing_secret_is_reported_and_only_its_listener_skipped():
+    config, warnings = translate(gateway(https(), listener()), route("r", rule()))
+    assert fields(warnings)[0] == "Gateway shop/gw: spec.listeners[0].tls.certificateRefs[0]"
+    assert str(warnings[0]).endswith("HTTPS listener 'https' on port 443 skipped: no Secret shop/shop-tls among the "
+                                     "manifests")
+    assert [(app.ports, app.https_ports) for app in config.applications] == [([80], [])]
+    assert not config.certificates
+
+
+_CERT, _KEY = pem(SHOP_CERT)
+
+
+@pytest.mark.parametrize("change, field, problem", [
+    ({"type": "Opaque"}, "type", "type is 'Opaque'; a certificateRef needs a Secret of type kubernetes.io/tls"),
+    ({"data": {"tls.crt": b64(_CERT)}}, "data.tls.key", "missing; a kubernetes.io/tls Secret holds tls.crt and tls.key"),
+    ({"data": {"tls.crt": "PEM, not base64", "tls.key": b64(_KEY)}}, "data.tls.crt", "not base64 of PEM text"),
+    ({"data": {"tls.crt": b64("junk"), "tls.key": b64(_KEY)}}, "data.tls.crt", "not a PEM certificate chain"),
+    ({"data": {"tls.crt": b64(_CERT), "tls.key": b64(pem(OTHER_CERT)[1])}}, "data.tls.key",
+     "does not belong to the first certificate of cert"),
+    ({"data": None, "stringData": {"tls.crt": _CERT, "tls.key": "junk"}}, "stringData.tls.key",
+     "not an unencrypted PEM private key"),
+])
+def test_a_malformed_secret_is_reported_where_it_is_wrong_and_its_listener_skipped(change, field, problem):
+    config, warnings = translate(gateway(https()), route("r", rule()), {**tls_secret(), **change})
+    assert fields(warnings)[0] == f"Secret shop/shop-tls: {field}"
+    assert problem in warnings[0].message
+    assert warnings[0].message.endswith("; HTTPS listener 'https' on port 443 of Gateway shop/gw skipped")
+    assert not config.applications and not config.certificates
+
+
+def test_a_secret_in_another_namespace_needs_a_reference_grant_for_gateways():
+    documents = [gateway(https(namespace="certs")), route("r", rule()), tls_secret(namespace="certs")]
+    for refused in ([], [grant("certs", "HTTPRoute", "Secret")], [grant("certs", "Gateway", "Secret", "other")]):
+        config, warnings = translate(*documents, *refused)
+        assert "no ReferenceGrant in 'certs' lets Gateways of 'shop' refer to it" in str(warnings[0])
+        assert not config.applications
+    config, warnings = translate(*documents, grant("certs", "Gateway", "Secret", "shop-tls"))
+    assert not warnings and config.applications[0].certificates == ["shop-tls.certs"]
+
+
+@pytest.mark.parametrize("spec, field, problem", [
+    (https(mode="Passthrough"), "spec.listeners[0].tls.mode", "mode Passthrough is not supported"),
+    (https(frontendValidation={"caCertificateRefs": [{"kind": "ConfigMap", "name": "ca"}]}),
+     "spec.listeners[0].tls.frontendValidation", "client certificate validation is not supported"),
+    ({**https(), "tls": {"mode": "Terminate"}}, "spec.listeners[0].tls.certificateRefs", "needs certificateRefs"),
+    (https(secret="ca", kind="ConfigMap") | {"tls": {"certificateRefs": [{"kind": "ConfigMap", "name": "ca"}]}},
+     "spec.listeners[0].tls.certificateRefs[0]", "is not a Secret"),
+    (listener("tls", protocol="TLS"), "spec.listeners[0].protocol", "no TLS passthrough"),
+])
+def test_tls_the_node_cannot_terminate_is_reported_and_its_listener_skipped(spec, field, problem):
+    config, warnings = translate(gateway(spec), route("r", rule()), tls_secret())
+    assert fields(warnings)[0] == f"Gateway shop/gw: {field}" and problem in str(warnings[0])
+    assert not config.applications
+
+
+def test_a_port_serves_plain_http_or_https_not_both():
+    config, warnings = translate(gateway(listener("http", 443), https(hostname="shop.com")), route("r", rule()),
+                                 tls_secret())
+    assert fields(warnings)[0] == "Gateway shop/gw: spec.listeners[1].protocol"
+    assert "the port is plain HTTP for shop/gw listener 'http'; a port serves one or the other" in str(warnings[0])
+    assert [(app.ports, app.https_ports) for app in config.applications] == [([443], [])]
+
+
+def test_plain_and_https_listeners_of_the_same_routes_share_an_application():
+    config, _ = translate(gateway(listener(), https()), route("r", rule()), tls_secret())
+    assert [(a.ports, a.https_ports, a.certificates) for a in config.applications] == [([80], [443], ["shop-tls"])]
+
+
+def test_each_host_keeps_its_listeners_certificate_and_the_catch_all_comes_first():
+    """The node presents, to names no application claims, the first application's certificate."""
+    config, _ = translate(gateway(https("shop", hostname="*.shop.com"), https("any", secret="other-tls")),
+                          route("r", rule()), tls_secret(), tls_secret("other-tls", leaf=OTHER_CERT))
+    assert [(a.domains, a.certificates) for a in config.applications] == [(["*"], ["other-tls"]),
+                                                                           (["*.shop.com"], ["shop-tls"])]
+
+
+def test_a_redirect_on_an_https_listener_keeps_https_and_the_listener_port():
+    config, _ = translate(gateway(https()), route("r", rule(to=None, filters=[
+        {"type": "RequestRedirect", "requestRedirect": {"hostname": "new.com"}}])), tls_secret(), ports={443: 18443})
+    assert decide(config, "/x", port=18443, scheme="https")[:2] == (302, {"location": "https://new.com/x"})
+
+
+def tls_get(port: int, host: str, target: str = "/") -> tuple[tuple[str, ...], bytes]:
+    """(names of the certificate presented, the whole answer) of one request over TLS, SNI `host`."""
+    context = ssl.create_default_context()
+    CA.configure_trust(context)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+            return tuple(name for _, name in tls.getpeercert()["subjectAltName"]), answer
+
+
+def test_https_listeners_serve_their_routes_over_tls_with_the_certificate_of_each_listener(tmp_path):
+    echo = Echo("web-1")
+    port = free_port()
+    try:
+        config, warnings = import_gateway_api(
+            [gateway(https("shop", hostname="*.shop.com"), https("any", secret="other-tls")), route("r", rule()),
+             tls_secret(), tls_secret("other-tls", leaf=OTHER_CERT)], {("shop", "a", 80): [("127.0.0.1", echo.port)]},
+            {443: port})
+        assert not warnings
+        node = Node(tmp_path, dump(config), access_log=False)
+        try:
+            names, answer = tls_get(port, "www.shop.com", "/x")
+            assert names == ("shop.com", "*.shop.com")
+            echo_saw = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+            assert echo_saw["path"] == "/x" and echo_saw["headers"]["X-Forwarded-Proto"] == ["https"]
+            assert tls_get(port, "www.other.test")[0] == ("other.test", "*.other.test")
+        finally:
+            node.stop()
+    finally:
+        echo.stop()
+
+
 # --- what is reported ------------------------------------------------------------------
 
 
 def test_everything_untranslated_is_reported_with_kind_name_and_field():
-    docs = [gateway(listener("web", 443, protocol="HTTPS")),
+    docs = [gateway(listener("web", 443, protocol="TLS")),
             {"apiVersion": f"{GROUP}/v1", "kind": "GRPCRoute", "metadata": {"name": "g", "namespace": "shop"}},
             route("r", rule(retry={"attempts": 3}, filters=[{"type": "ExtensionRef", "extensionRef": {"name": "x"}}]),
                   parents=[{"name": "gw"}, {"name": "nope"}])]
@@ -472,13 +642,49 @@ def without_names(config) -> dict:
                                       "httproute-request-mirror.yaml", "httproute-cors.yaml",
                                       "httproute-redirect-port-and-scheme.yaml", "httproute-weight.yaml"])
 def test_export_then_import_routes_the_same(manifest):
+    """With the Secret the HTTPS listeners of the base manifests name: they serve too."""
     endpoints = {("gateway-conformance-infra", f"infra-backend-v{i}", 8080): [("127.0.0.1", 9000 + i)] for i in (1, 2, 3)}
     documents = read_manifests([CONFORMANCE / "base-manifests.yaml", CONFORMANCE / "tests" / manifest])
-    config, _ = import_gateway_api(documents, endpoints)
+    secret = tls_secret("tls-validity-checks-certificate", "gateway-conformance-infra")
+    config, _ = import_gateway_api([*documents, secret], endpoints)
+    assert any(app.https_ports for app in config.applications)
     exported, exported_endpoints, warnings = export_gateway_api(config)
     again, again_warnings = import_gateway_api(exported, exported_endpoints)
     assert not warnings and not again_warnings
     assert without_names(again) == without_names(config)
+
+
+def test_export_writes_certificates_as_secrets_named_by_https_listeners():
+    cert, key = pem(SHOP_CERT)
+    config = parse(yaml.safe_dump({
+        "certificates": [{"name": "Shop_TLS", "cert": cert, "key": key}, {"name": "unused", "cert": cert, "key": key}],
+        "upstreams": [{"name": "api", "servers": [{"address": "10.0.0.1", "port": 80}]}],
+        "applications": [{"name": "shop", "domains": ["shop.com"], "ports": [80], "https_ports": [443],
+                          "certificates": ["Shop_TLS"], "rules": [{"actions": [{"proxy": {"upstream": "api"}}]}]}]}))
+    documents, endpoints, warnings = export_gateway_api(config, "web")
+    assert not warnings
+    assert documents[0]["spec"]["listeners"][1] == {
+        "name": "https-1", "port": 443, "protocol": "HTTPS", "hostname": "shop.com",
+        "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "shop-tls"}]}}
+    secrets = [doc for doc in documents if doc["kind"] == "Secret"]
+    assert [(s["metadata"], s["type"]) for s in secrets] == [({"name": "shop-tls", "namespace": "web"}, "kubernetes.io/tls")]
+    assert base64.b64decode(secrets[0]["data"]["tls.key"]).decode() == key
+    again, again_warnings = import_gateway_api(documents, endpoints)
+    assert not again_warnings
+    assert [(c.name, c.cert) for c in again.certificates] == [("shop-tls", cert)]
+    assert [(a.ports, a.https_ports, a.certificates) for a in again.applications] == [([80], [443], ["shop-tls"])]
+
+
+def test_export_leaves_certificates_read_from_files_for_the_operator_to_store():
+    config = parse(yaml.safe_dump({
+        "certificates": [{"name": "shop", "cert_file": "/etc/tls/shop.crt", "key_file": "/etc/tls/shop.key"}],
+        "applications": [{"name": "shop", "domains": ["shop.com"], "ports": [], "https_ports": [443],
+                          "certificates": ["shop"]}]}))
+    documents, _, warnings = export_gateway_api(config)
+    assert [str(w) for w in warnings] == ["Certificate shop: cert_file: the node reads it from files; create Secret "
+                                          "default/shop of type kubernetes.io/tls from them"]
+    assert [doc["kind"] for doc in documents] == ["Gateway"]
+    assert documents[0]["spec"]["listeners"][0]["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "shop"}]
 
 
 def test_export_reports_what_gateway_api_cannot_express():

@@ -204,3 +204,26 @@ def test_an_unreadable_certificate_file_refuses_the_config_and_keeps_the_old(htt
         time.sleep(0.05)
     assert "cannot compile" in started.stderr_text()
     assert started.versions() == old and peer_names(port, "api.test") == ("api.test",)
+
+
+def test_each_domain_gets_the_applications_certificate_valid_for_it(node, echo):
+    backend = echo("multi")
+    port = free_port()
+    b, c = CA.issue_cert("b.test"), CA.issue_cert("c.test")
+    star = CA.issue_cert("*.zone.test")
+    config = {
+        "certificates": [{"name": "b", **pem(b)}, {"name": "c", **pem(c)}, {"name": "star", **pem(star)}],
+        "upstreams": [{"name": "up", "servers": [{"address": "127.0.0.1", "port": backend.port}]}],
+        "applications": [
+            {"name": "bc", "domains": ["b.test", "c.test"], "ports": [], "https_ports": [port],
+             "certificates": ["b", "c"], "rules": [{"actions": [{"proxy": {"upstream": "up"}}]}]},
+            {"name": "rest", "domains": ["*"], "ports": [], "https_ports": [port], "certificates": ["star"],
+             "rules": [{"actions": [{"respond": {"body": "rest"}}]}]},
+        ],
+    }
+    node(config)
+    wait_port(port)
+    assert peer_names(port, "b.test") == ("b.test",)
+    assert peer_names(port, "c.test") == ("c.test",)
+    assert peer_names(port, "z.zone.test") == ("*.zone.test",)  # nobody claims it: the catch-all's
+    assert get(port, "z.zone.test")[2] == b"rest"

@@ -170,8 +170,10 @@ def _port_pair(text: str) -> tuple[int, int]:
 
 
 def _write_output(path: str | None, text: str) -> None:
+    """Write to `path` readable by its owner only (configs and manifests can hold private
+    keys), or to stdout."""
     if path:
-        with open(path, "w", encoding="utf-8") as file:
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as file:
             file.write(text)
     else:
         sys.stdout.write(text)

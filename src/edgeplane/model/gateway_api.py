@@ -1,14 +1,17 @@
 """Kubernetes Gateway API ↔ the configuration model.
 
-`import_gateway_api` turns Gateways, HTTPRoutes, Services and ReferenceGrants (plus an
-endpoints file, since a node has no cluster to ask) into a `Config`: one application per
-port and hostname, its rules in Gateway API precedence. `export_gateway_api` turns a
-`Config` back into a Gateway and HTTPRoutes. What has no translation either way comes back
+`import_gateway_api` turns Gateways, HTTPRoutes, Services, TLS Secrets and ReferenceGrants
+(plus an endpoints file, since a node has no cluster to ask) into a `Config`: one
+application per port and hostname, its rules in Gateway API precedence, HTTPS listeners
+terminating TLS with their Secrets' certificates. `export_gateway_api` turns a `Config`
+back into a Gateway, HTTPRoutes and Secrets. What has no translation either way comes back
 as a `TranslationWarning`, never silently dropped. Reading files is this module's only I/O.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import ipaddress
 import re
@@ -23,6 +26,7 @@ from .config import (
     AddRequestHeader,
     AddResponseHeader,
     Application,
+    Certificate,
     Condition,
     Config,
     Cors,
@@ -54,6 +58,12 @@ _NOT_SUPPORTED = {
     "TLSRoute": "the node has no TLS passthrough yet",
     "BackendTLSPolicy": "the node has no TLS to upstreams yet",
 }
+_LISTENER_PROTOCOLS = {  # listener protocols the node cannot serve, and why
+    "TLS": "the node has no TLS passthrough or TCP stream proxy yet",
+    "TCP": "the node has no TCP stream proxy yet",
+    "UDP": "the node has no UDP proxy yet",
+}
+_TLS_SECRET = "kubernetes.io/tls"
 _APP_PROTOCOLS = {  # backend protocols the node cannot speak (kubernetes.io/ws it tunnels as an upgrade)
     "kubernetes.io/wss": "WebSocket over TLS; the node has no TLS to upstreams yet",
     "kubernetes.io/h2c": "HTTP/2 cleartext; the node speaks HTTP/1.1 to upstreams",
@@ -291,10 +301,20 @@ class _Listener:
     allowed_from: str
     selector: dict
     http_routes: bool
+    certificates: list[str]  # the config's names of those it terminates TLS with; empty: plain HTTP
 
     @property
     def label(self) -> str:
         return f"{self.gateway[0]}/{self.gateway[1]} listener {self.name!r}"
+
+
+class _Refused(Exception):
+    """Why a listener cannot be served, as its warning: kind, name and field of the object at
+    fault, and what is wrong there."""
+
+    def __init__(self, kind: str, name: str, where: str, problem: str):
+        super().__init__(kind, name, where, problem)
+        self.kind, self.name, self.where, self.problem = kind, name, where, problem
 
 
 @dataclass
@@ -326,6 +346,9 @@ class _Importer:
         self.namespaces: dict[str, dict] = {}
         self.services: dict[tuple[str, str], dict] = {}
         self.grants: list[tuple[str, dict]] = []
+        self.secrets: dict[tuple[str, str], dict] = {}
+        self.certificates: dict[tuple[str, str], Certificate | _Refused] = {}  # by Secret, once read
+        self.certificate_names: set[str] = set()
         self.gateways: dict[tuple[str, str], dict] = {}
         self.routes: list[_Route] = []
         self.upstreams: dict[ServiceKey, Upstream] = {}
@@ -344,8 +367,10 @@ class _Importer:
             self.namespaces[name] = meta.get("labels") or {}
         elif kind == "Service" and api == "v1":
             self.services[(namespace, name)] = spec
+        elif kind == "Secret" and api == "v1":
+            self.secrets[(namespace, name)] = doc
         elif not api.startswith(GROUP + "/"):
-            return  # workloads, config maps, secrets: nothing a node needs from them
+            return  # workloads, config maps: nothing a node needs from them
         elif kind == "Gateway":
             self.gateways[(namespace, name)] = doc
         elif kind == "HTTPRoute":
@@ -368,30 +393,111 @@ class _Importer:
     # --- gateways and attachment ---------------------------------------------------------
 
     def listeners(self) -> list[_Listener]:
-        out = []
+        """The listeners a node can serve; a node port is plain HTTP or HTTPS as its first listener says."""
+        out: list[_Listener] = []
+        first_on_port: dict[int, _Listener] = {}
         for key, gateway in self.gateways.items():
             for index, spec in enumerate((gateway.get("spec") or {}).get("listeners") or []):
-                protocol = spec.get("protocol")
-                if protocol != "HTTP":
-                    reason = ("TLS termination is not supported by the node yet" if protocol in ("HTTPS", "TLS")
-                              else "the node serves HTTP listeners only")
-                    self.warn("Gateway", "/".join(key), f"spec.listeners[{index}].protocol",
-                              f"{protocol} listener {spec.get('name')!r} on port {spec.get('port')} skipped: {reason}")
+                where = f"spec.listeners[{index}]"
+                described = f"{spec.get('protocol')} listener {spec.get('name')!r} on port {spec.get('port')}"
+                try:
+                    listener = self.listener(key, where, spec)
+                except _Refused as refused:
+                    message = (f"{described} skipped: {refused.problem}" if refused.kind == "Gateway"
+                               else f"{refused.problem}; {described} of Gateway {key[0]}/{key[1]} skipped")
+                    self.warn(refused.kind, refused.name, refused.where, message)
                     continue
-                if not isinstance(spec.get("port"), int):
-                    self.warn("Gateway", "/".join(key), f"spec.listeners[{index}].port", "a listener needs a port; skipped")
+                first = first_on_port.setdefault(self.node_port(listener.port), listener)
+                if bool(first.certificates) != bool(listener.certificates):
+                    self.warn("Gateway", "/".join(key), f"{where}.protocol",
+                              f"{described} skipped: the port is {'HTTPS' if first.certificates else 'plain HTTP'} for "
+                              f"{first.label}; a port serves one or the other")
                     continue
-                allowed = spec.get("allowedRoutes") or {}
-                kinds = allowed.get("kinds")
-                namespaces = allowed.get("namespaces") or {}
-                hostname = spec.get("hostname")
-                out.append(_Listener(
-                    gateway=key, name=str(spec.get("name", "")), port=int(spec["port"]),
-                    hostname=hostname.lower() if hostname else None,
-                    allowed_from=namespaces.get("from", "Same"), selector=namespaces.get("selector") or {},
-                    http_routes=not kinds or any(k.get("kind") == "HTTPRoute" and k.get("group", GROUP) == GROUP
-                                                 for k in kinds)))
+                out.append(listener)
         return out
+
+    def listener(self, key: tuple[str, str], where: str, spec: dict) -> _Listener:
+        gateway = "/".join(key)
+        protocol = spec.get("protocol")
+        if protocol not in ("HTTP", "HTTPS"):
+            reason = _LISTENER_PROTOCOLS.get(protocol, "the node serves HTTP and HTTPS listeners only")
+            raise _Refused("Gateway", gateway, f"{where}.protocol", reason)
+        if not isinstance(spec.get("port"), int):
+            raise _Refused("Gateway", gateway, f"{where}.port", "a listener needs a port")
+        certificates = self.terminate(key, spec.get("tls") or {}, f"{where}.tls") if protocol == "HTTPS" else []
+        allowed = spec.get("allowedRoutes") or {}
+        kinds = allowed.get("kinds")
+        namespaces = allowed.get("namespaces") or {}
+        hostname = spec.get("hostname")
+        return _Listener(
+            gateway=key, name=str(spec.get("name", "")), port=int(spec["port"]),
+            hostname=hostname.lower() if hostname else None,
+            allowed_from=namespaces.get("from", "Same"), selector=namespaces.get("selector") or {},
+            http_routes=not kinds or any(k.get("kind") == "HTTPRoute" and k.get("group", GROUP) == GROUP
+                                         for k in kinds),
+            certificates=certificates)
+
+    # --- TLS -----------------------------------------------------------------------------
+
+    def terminate(self, key: tuple[str, str], tls: dict, where: str) -> list[str]:
+        """The certificates (their names in the config) an HTTPS listener's `tls` terminates with."""
+        gateway = "/".join(key)
+        if tls.get("mode", "Terminate") != "Terminate":
+            raise _Refused("Gateway", gateway, f"{where}.mode", f"mode {tls.get('mode')} is not supported: an "
+                                                                "HTTPS listener terminates TLS (mode Terminate)")
+        if tls.get("frontendValidation"):
+            raise _Refused("Gateway", gateway, f"{where}.frontendValidation",
+                           "client certificate validation is not supported, and serving without it would admit "
+                           "clients the listener must refuse")
+        if tls.get("options"):
+            self.warn("Gateway", gateway, f"{where}.options", "implementation-specific TLS options are not "
+                                                              "supported; ignored")
+        refs = tls.get("certificateRefs") or []
+        if not refs:
+            raise _Refused("Gateway", gateway, f"{where}.certificateRefs",
+                           "an HTTPS listener needs certificateRefs naming a Secret of type kubernetes.io/tls")
+        return [self.certificate_of(key, ref, f"{where}.certificateRefs[{index}]").name
+                for index, ref in enumerate(refs)]
+
+    def certificate_of(self, key: tuple[str, str], ref: dict, where: str) -> Certificate:
+        gateway = "/".join(key)
+        name, namespace = str(ref.get("name", "")), str(ref.get("namespace") or key[0])
+        if ref.get("group", "") != "" or ref.get("kind", "Secret") != "Secret":
+            raise _Refused("Gateway", gateway, where, f"certificateRef to {ref.get('group', '')}/{ref.get('kind')} "
+                                                      f"{name!r} is not a Secret; only Secrets are supported")
+        if namespace != key[0] and not self.granted("Gateway", key[0], namespace, "Secret", name):
+            raise _Refused("Gateway", gateway, where, f"Secret {namespace}/{name} is in another namespace and no "
+                                                      f"ReferenceGrant in {namespace!r} lets Gateways of {key[0]!r} "
+                                                      "refer to it")
+        if (namespace, name) not in self.secrets:
+            raise _Refused("Gateway", gateway, where, f"no Secret {namespace}/{name} among the manifests")
+        if (namespace, name) not in self.certificates:
+            config_name = name if namespace == key[0] else f"{name}.{namespace}"
+            try:
+                self.certificates[(namespace, name)] = self.read_secret(namespace, name, config_name)
+            except _Refused as refused:
+                self.certificates[(namespace, name)] = refused
+        found = self.certificates[(namespace, name)]
+        if isinstance(found, _Refused):
+            raise found
+        return found
+
+    def read_secret(self, namespace: str, name: str, config_name: str) -> Certificate:
+        """The certificate of a Secret of type kubernetes.io/tls: `tls.crt` (the certificate, then
+        its chain) and `tls.key`, base64 in `data` or text in `stringData`."""
+        secret, secret_name = self.secrets[(namespace, name)], f"{namespace}/{name}"
+        if secret.get("type") != _TLS_SECRET:
+            raise _Refused("Secret", secret_name, "type", f"type is {secret.get('type', 'Opaque')!r}; a "
+                                                          f"certificateRef needs a Secret of type {_TLS_SECRET}")
+        pem = {item: _secret_text(secret, item, secret_name) for item in ("tls.crt", "tls.key")}
+        try:
+            return Certificate(name=_name(config_name, self.certificate_names), cert=pem["tls.crt"][1],
+                               key=pem["tls.key"][1])
+        except ValidationError as error:
+            part, _, problem = _reason(error).partition(": ")
+            item = {"cert": "tls.crt", "key": "tls.key"}.get(part)  # the model's names of the Secret's items
+            raise _Refused("Secret", secret_name, pem[item][0] if item else "data",
+                           problem if item else _reason(error)) from None
 
     def allows(self, listener: _Listener, namespace: str) -> bool:
         if listener.allowed_from == "All":
@@ -433,21 +539,23 @@ class _Importer:
                     found = True
             if not found:
                 wanted = "".join(f" {k} {ref[k]!r}" for k in ("sectionName", "port") if k in ref)
-                why = "; ".join(reasons) or f"Gateway {gateway[0]}/{gateway[1]} has no HTTP listener{wanted}"
+                why = "; ".join(reasons) or f"Gateway {gateway[0]}/{gateway[1]} has no HTTP or HTTPS listener{wanted}"
                 self.warn_route(route, where, f"not attached: {why}")
         return attached
 
     # --- backends ----------------------------------------------------------------------
 
-    def granted(self, route_namespace: str, namespace: str, service: str) -> bool:
+    def granted(self, kind: str, from_namespace: str, namespace: str, target_kind: str, target: str) -> bool:
+        """Whether a ReferenceGrant in `namespace` lets a `kind` of `from_namespace` refer to the
+        core `target_kind` named `target` there."""
         for grant_namespace, spec in self.grants:
             if grant_namespace != namespace:
                 continue
-            source = any(f.get("group") == GROUP and f.get("kind") == "HTTPRoute"
-                         and f.get("namespace") == route_namespace for f in spec.get("from") or [])
-            target = any(t.get("group", "") == "" and t.get("kind") == "Service"
-                         and t.get("name", service) == service for t in spec.get("to") or [])
-            if source and target:
+            source = any(f.get("group") == GROUP and f.get("kind") == kind
+                         and f.get("namespace") == from_namespace for f in spec.get("from") or [])
+            granted = any(t.get("group", "") == "" and t.get("kind") == target_kind
+                          and t.get("name", target) == target for t in spec.get("to") or [])
+            if source and granted:
                 return True
         return False
 
@@ -460,7 +568,7 @@ class _Importer:
             problem = f"backend {ref.get('group', '')}/{ref.get('kind')} {name!r} is not a Service"
         elif port is None:
             problem = f"backendRef to Service {namespace}/{name} needs a port"
-        elif namespace != route.namespace and not self.granted(route.namespace, namespace, name):
+        elif namespace != route.namespace and not self.granted("HTTPRoute", route.namespace, namespace, "Service", name):
             problem = (f"Service {namespace}/{name} is in another namespace and no ReferenceGrant in "
                        f"{namespace!r} lets HTTPRoutes of {route.namespace!r} refer to it")
         else:
@@ -654,35 +762,43 @@ class _Importer:
         for listener in listeners:
             if listener.hostname:  # a listener's own hostname answers 404 without routes, as it must
                 hosts_by_port.setdefault(self.node_port(listener.port), set()).add(listener.hostname)
-        served: dict[str, tuple[list[Rule], dict[int, set[str]]]] = {}
+        served: dict[str, tuple[list[Rule], dict[tuple[int, tuple[str, ...]], set[str]]]] = {}
         for port, hosts in sorted(hosts_by_port.items()):
             for host in sorted(hosts):
-                rules = self.app_rules(port, host, listeners, attachments)
+                owners = self.owners(port, host, listeners)
+                rules = self.app_rules(port, host, owners, attachments)
+                certificates = tuple(dict.fromkeys(name for owner in owners for name in owner.certificates))
                 signature = repr([r.model_dump(mode="json") for r in rules])
-                served.setdefault(signature, (rules, {}))[1].setdefault(port, set()).add(host)
-        applications = []
+                served.setdefault(signature, (rules, {}))[1].setdefault((port, certificates), set()).add(host)
+        applications: list[Application] = []
         taken: set[str] = set()
         for rules, ports in served.values():
-            grouped: dict[frozenset, list[int]] = {}
-            for port, hosts in ports.items():
-                grouped.setdefault(frozenset(hosts), []).append(port)
-            for hosts, app_ports in grouped.items():
-                domains = sorted(hosts)
-                label = "any" if domains[0] == "*" else domains[0].replace("*", "wildcard")
-                applications.append(Application(name=_name(f"{label}-{app_ports[0]}", taken), domains=domains,
-                                                ports=sorted(app_ports), rules=rules))
+            grouped: dict[frozenset, dict[tuple[str, ...], list[int]]] = {}
+            for (port, certificates), hosts in ports.items():
+                grouped.setdefault(frozenset(hosts), {}).setdefault(certificates, []).append(port)
+            for hosts, ports_by_certificates in grouped.items():
+                applications += _applications(sorted(hosts), rules, ports_by_certificates, taken)
+        # A client naming no host of a port gets the certificate of the port's first application:
+        # the one serving any host, as the listener without hostname would.
+        applications.sort(key=lambda app: "*" not in app.domains)
         used = {name for app in applications for rule in app.rules for action in rule.actions
                 for _, name in action_upstreams(action)}  # not those of weight 0 or behind a redirect
         upstreams = sorted((u for u in self.upstreams.values() if u.name in used), key=lambda u: u.name)
-        return Config(upstreams=upstreams, applications=applications)
+        named = {name for app in applications for name in app.certificates}
+        certificates = sorted((c for c in self.certificates.values() if isinstance(c, Certificate) and c.name in named),
+                              key=lambda c: c.name)
+        return Config(upstreams=upstreams, certificates=certificates, applications=applications)
 
-    def app_rules(self, port: int, host: str, listeners: list[_Listener], attachments: list) -> list[Rule]:
-        """The rules for requests to `host` on node `port`: those of the routes attached to the
-        listener the request belongs to, by route hostname specificity, then match precedence."""
+    def owners(self, port: int, host: str, listeners: list[_Listener]) -> list[_Listener]:
+        """The listeners a request to `host` on node `port` belongs to: the most specific that cover it."""
         candidates = [listener for listener in listeners
                       if self.node_port(listener.port) == port and covers(listener.hostname or "*", host)]
         best = max((_listener_specificity(listener.hostname or "*") for listener in candidates), default=None)
-        owners = [listener for listener in candidates if _listener_specificity(listener.hostname or "*") == best]
+        return [listener for listener in candidates if _listener_specificity(listener.hostname or "*") == best]
+
+    def app_rules(self, port: int, host: str, owners: list[_Listener], attachments: list) -> list[Rule]:
+        """The rules for requests to `host` on node `port`: those of the routes attached to the
+        listeners the request belongs to, by route hostname specificity, then match precedence."""
         entries, seen, gateways = [], set(), set()
         for route, listener, hosts in attachments:
             covering = [h for h in hosts if covers(h, host)]
@@ -702,6 +818,38 @@ class _Importer:
                                             "a node serves them as one, their routes ordered together")
         entries.sort(key=lambda entry: entry[:5])
         return [rule for entry in entries for rule in entry[5]]
+
+
+def _applications(domains: list[str], rules: list[Rule], ports_by_certificates: dict[tuple[str, ...], list[int]],
+                  taken: set[str]) -> list[Application]:
+    """The applications serving these domains with these rules: the plain ports (no
+    certificates) go with the HTTPS ports of the first set of certificates; HTTPS ports with
+    other certificates need applications of their own, so each host keeps its listener's."""
+    plain = ports_by_certificates.pop((), [])
+    label = "any" if domains[0] == "*" else domains[0].replace("*", "wildcard")
+    out: list[Application] = []
+    for certificates, https_ports in list(ports_by_certificates.items()) or [((), [])]:
+        ports = [] if out else sorted(plain)
+        out.append(Application(name=_name(f"{label}-{(ports or https_ports)[0]}", taken), domains=domains,
+                               ports=ports, https_ports=sorted(https_ports), certificates=list(certificates),
+                               rules=rules))
+    return out
+
+
+def _secret_text(secret: dict, item: str, secret_name: str) -> tuple[str, str]:
+    """(field, text) of one item of a TLS Secret; `stringData` wins over `data`, as the API
+    server merges them."""
+    text = (secret.get("stringData") or {}).get(item)
+    if text is not None:
+        return f"stringData.{item}", str(text)
+    encoded = (secret.get("data") or {}).get(item)
+    if encoded is None:
+        raise _Refused("Secret", secret_name, f"data.{item}",
+                       f"missing; a {_TLS_SECRET} Secret holds tls.crt and tls.key")
+    try:
+        return f"data.{item}", base64.b64decode("".join(str(encoded).split()), validate=True).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise _Refused("Secret", secret_name, f"data.{item}", "not base64 of PEM text") from None
 
 
 def _selects(selector: dict, labels: dict) -> bool:
@@ -802,6 +950,15 @@ def _dns_name(text: str) -> str:
     return name[:63].rstrip("-")
 
 
+def _dns_subdomain(text: str, taken: set[str]) -> str:
+    """A Kubernetes object name (lowercase letters, digits, `-` and `.`) from `text`, not among `taken`."""
+    base = re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.") or "x"
+    name, counter = base, 2
+    while name in taken:
+        name, counter = f"{base}-{counter}", counter + 1
+    return name
+
+
 class _Exporter:
     def __init__(self, config: Config, namespace: str):
         self.config = config
@@ -811,6 +968,9 @@ class _Exporter:
         self.services: dict[str, tuple[str, str, int]] = {}
         for upstream in config.upstreams:
             self.services[upstream.name] = self.service_of(upstream)
+        self.secret_names: dict[str, str] = {}  # certificate → its Secret, in the Gateway's namespace
+        for certificate in config.certificates:
+            self.secret_names[certificate.name] = _dns_subdomain(certificate.name, set(self.secret_names.values()))
 
     def warn(self, kind: str, name: str, where: str, message: str) -> None:
         self.warnings.append(TranslationWarning(kind, name, where, message))
@@ -849,11 +1009,15 @@ class _Exporter:
             for domain in [d for d in app.domains if _is_ip(d)]:
                 self.warn("Application", app.name, "domains", f"{domain} is an IP address, which a listener "
                                                               "hostname cannot be; not exported")
-            for port in app.ports:
+            for port, tls in [(port, False) for port in app.ports] + [(port, True) for port in app.https_ports]:
                 for domain in [d for d in app.domains if not _is_ip(d)]:
-                    listener = {"name": f"http-{len(listeners)}", "port": port, "protocol": "HTTP"}
+                    listener = {"name": f"{'https' if tls else 'http'}-{len(listeners)}", "port": port,
+                                "protocol": "HTTPS" if tls else "HTTP"}
                     if domain != "*":
                         listener["hostname"] = domain
+                    if tls:
+                        listener["tls"] = {"mode": "Terminate", "certificateRefs": [
+                            {"kind": "Secret", "name": self.secret_names[name]} for name in app.certificates]}
                     listeners.append(listener)
                     sections.append(listener["name"])
             if any(rule.enabled for rule in app.rules):  # a listener without routes answers 404, as the app does
@@ -864,7 +1028,25 @@ class _Exporter:
         gateway = {"apiVersion": f"{GROUP}/v1", "kind": "Gateway",
                    "metadata": {"name": _GATEWAY_NAME, "namespace": self.namespace},
                    "spec": {"gatewayClassName": "edgeplane", "listeners": listeners}}
-        return [gateway, *routes, *self.grants(routes)]
+        return [gateway, *self.secrets(), *routes, *self.grants(routes)]
+
+    def secrets(self) -> list[dict]:
+        """A Secret of type kubernetes.io/tls for each certificate an application names; one the
+        node reads from files is for the operator to create."""
+        named = {name for app in self.config.applications for name in app.certificates}
+        out = []
+        for certificate in [c for c in self.config.certificates if c.name in named]:
+            secret = self.secret_names[certificate.name]
+            if certificate.cert is None or certificate.key is None:
+                self.warn("Certificate", certificate.name, "cert_file", f"the node reads it from files; create Secret "
+                                                                       f"{self.namespace}/{secret} of type {_TLS_SECRET} "
+                                                                       "from them")
+                continue
+            data = {item: base64.b64encode(pem.encode()).decode() for item, pem in
+                    (("tls.crt", certificate.cert), ("tls.key", certificate.key))}
+            out.append({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": secret, "namespace": self.namespace},
+                        "type": _TLS_SECRET, "data": data})
+        return out
 
     def grants(self, routes: list[dict]) -> list[dict]:
         """A ReferenceGrant in each other namespace whose Services the routes name."""

@@ -49,20 +49,23 @@ def certificate_context(certificate: Certificate) -> ssl.SSLContext:
 
 class TlsPort:
     """Server name → certificate context for one HTTPS port: exact name, then the longest
-    wildcard, then the first certificate of the first application on the port."""
+    wildcard, then the application serving "*", else the first application on the port."""
 
-    __slots__ = ("exact", "wildcards", "default")
+    __slots__ = ("exact", "wildcards", "default", "catch_all")
 
     def __init__(self) -> None:
         self.exact: dict[str, ssl.SSLContext] = {}
         self.wildcards: dict[str, ssl.SSLContext] = {}
         self.default: ssl.SSLContext | None = None
+        self.catch_all = False  # the default came from an application serving "*"
 
     def add(self, domain: str, context: ssl.SSLContext) -> None:
+        if domain == "*":
+            if not self.catch_all:
+                self.default, self.catch_all = context, True
+            return
         if self.default is None:
             self.default = context
-        if domain == "*":
-            return
         table, key = (self.wildcards, domain[1:]) if domain.startswith("*.") else (self.exact, domain)
         table.setdefault(key, context)
 
@@ -81,10 +84,35 @@ class TlsPort:
         return self.default
 
 
+def certificate_names(certificate: Certificate) -> list[str]:
+    """The DNS names the certificate is valid for (its subjectAltName), lower case."""
+    from cryptography import x509
+    if certificate.cert is not None:
+        pem = certificate.cert.encode()
+    else:
+        with open(certificate.cert_file or "", "rb") as handle:
+            pem = handle.read()
+    leaf = x509.load_pem_x509_certificates(pem)[0]
+    try:
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [name.lower() for name in names.get_values_for_type(x509.DNSName)]
+
+
+def covers(names: list[str], domain: str) -> bool:
+    """Whether a certificate for `names` is valid for `domain` (a name or *.wildcard)."""
+    if domain in names:
+        return True
+    parent = domain.partition(".")[2]
+    return not domain.startswith("*.") and bool(parent) and f"*.{parent}" in names
+
+
 def compile_tls(applications: list[Application], certificates: list[Certificate]) -> dict[int, TlsPort]:
-    """The TLS ports of these applications, each with the contexts of its certificates."""
+    """The TLS ports of these applications; each domain gets the application's certificate
+    that is valid for it (the first one when none is)."""
     by_name = {c.name: c for c in certificates}
-    contexts: dict[str, ssl.SSLContext] = {}
+    contexts: dict[str, tuple[ssl.SSLContext, list[str]]] = {}
     ports: dict[int, TlsPort] = {}
     for app in applications:
         if not app.https_ports:
@@ -92,12 +120,12 @@ def compile_tls(applications: list[Application], certificates: list[Certificate]
         chosen = []
         for name in app.certificates:
             if name not in contexts:
-                contexts[name] = certificate_context(by_name[name])
+                contexts[name] = (certificate_context(by_name[name]), certificate_names(by_name[name]))
             chosen.append(contexts[name])
-        for port in app.https_ports:
-            table = ports.setdefault(port, TlsPort())
-            for domain in app.domains:
-                table.add(domain, chosen[0])
+        for domain in app.domains:
+            context = next((c for c, names in chosen if covers(names, domain)), chosen[0][0])
+            for port in app.https_ports:
+                ports.setdefault(port, TlsPort()).add(domain, context)
     return ports
 
 
