@@ -21,6 +21,7 @@ from edgeplane.model.config import (
     CLOCK_VARIABLES,
     NAMED_VARIABLES,
     ORDERING_OPERATORS,
+    RESERVED_HEADERS,
     TERMINAL_ACTIONS,
     VALUELESS_OPERATORS,
     WEEKDAYS,
@@ -270,7 +271,10 @@ def _literals(annotation: Any) -> list[Any]:
 TEXT = st.text(max_size=8)
 REGEX = st.sampled_from(["^/a", r"^/p/(\d+)$", "x|y", r"\.(js|css)$", "(?i)abc", "[a-z]+"])
 NAMES = st.from_regex(_pattern(get_args(Name)[1].metadata), fullmatch=True)
-TOKENS = st.from_regex(_pattern(get_args(HeaderName)[1].metadata), fullmatch=True)
+TOKENS = st.from_regex(_pattern(get_args(HeaderName)[1].metadata), fullmatch=True).filter(
+    lambda name: name.lower() not in RESERVED_HEADERS)
+URI_PARTS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=8)
+HOSTS = st.from_regex(r"\A[A-Za-z0-9.-]{1,12}\Z", fullmatch=True)
 HEADER_VALUES = st.text(st.characters(blacklist_characters="\r\n\x00", blacklist_categories=("Cs",)), max_size=8)
 DURATIONS = st.none() | st.integers(0, 10**7).map(lambda ms: ms / 1000) | st.floats(0, 1e9)
 CIDRS = st.builds("{}/{}".format, st.ip_addresses(v=4), st.integers(0, 32)) | st.builds(
@@ -321,16 +325,16 @@ ACTION_STRATEGIES = {
     "set-response-header": st.builds(SetResponseHeader, **HEADER_CHANGE),
     "add-response-header": st.builds(AddResponseHeader, **HEADER_CHANGE),
     "remove-response-header": st.builds(RemoveResponseHeader, name=TOKENS),
-    "rewrite-path": st.one_of(st.builds(RewritePath, path=TEXT.map("/".__add__)),
-                              st.builds(RewritePath, prefix=TEXT, replacement=TEXT),
-                              st.builds(RewritePath, regex=REGEX, replacement=TEXT)),
+    "rewrite-path": st.one_of(st.builds(RewritePath, path=URI_PARTS.map("/".__add__)),
+                              st.builds(RewritePath, prefix=URI_PARTS, replacement=URI_PARTS),
+                              st.builds(RewritePath, regex=REGEX, replacement=URI_PARTS.map(lambda t: t.replace("\\", "")))),
     "rewrite-query": st.builds(RewriteQuery, query=_maybe(TEXT), set=st.dictionaries(TEXT, TEXT, max_size=2),
                                add=st.dictionaries(TEXT, TEXT, max_size=2), remove=st.lists(TEXT, max_size=2)),
     "redirect": st.builds(Redirect, status=st.sampled_from(_literals(Redirect.model_fields["status"].annotation)),
                           scheme=_maybe(st.sampled_from(_literals(Redirect.model_fields["scheme"].annotation))),
-                          host=_maybe(TEXT), port=_maybe(st.integers(1, 65535)), path=_maybe(TEXT),
+                          host=_maybe(HOSTS), port=_maybe(st.integers(1, 65535)), path=_maybe(URI_PARTS),
                           keep_query=st.booleans())
-    | st.builds(Redirect, prefix=TEXT, path=TEXT),
+    | st.builds(Redirect, prefix=URI_PARTS, path=URI_PARTS),
     "respond": st.builds(Respond, status=st.integers(200, 599), body=TEXT, content_type=HEADER_VALUES,
                          headers=st.dictionaries(TOKENS, HEADER_VALUES, max_size=2)),
     "cors": st.builds(Cors, allow_origins=st.lists(st.just("*") | st.from_regex(

@@ -214,7 +214,7 @@ def to_hyperscan(pattern: str, caseless: bool = False, alphabet: Alphabet = LATI
     case folding and \\d \\w \\s have no exact equal). Anchors become their Hyperscan equals
     (`\\Z` is `\\z`; `$` allows a final newline in both); lazy repeats become greedy ones, which
     match the same texts. Lookaround, backreferences, conditionals, atomic groups, possessive
-    repeats and Unicode `\\b` have no exact equal.
+    repeats, Unicode `\\b` and MULTILINE `^` have no exact equal.
     """
     try:
         tree = _parser.parse(pattern, re.IGNORECASE if caseless else 0)
@@ -270,17 +270,15 @@ def _repeat(low: int, high: int, body: list, flags: int, alphabet: Alphabet) -> 
 
 def _anchor(at: object, flags: int) -> str:
     multiline = flags & re.MULTILINE
-    if at is sre.AT_BEGINNING:
-        return "(?m:^)" if multiline else "^"
-    if at is sre.AT_BEGINNING_STRING:
+    if at is sre.AT_BEGINNING and not multiline or at is sre.AT_BEGINNING_STRING:
         return "^"
-    if at is sre.AT_END:
+    if at is sre.AT_END:  # also before a final newline; with MULTILINE before every one
         return "(?m:$)" if multiline else "$"
     if at is sre.AT_END_STRING:
         return r"\z"
     if at is sre.AT_BOUNDARY and flags & re.ASCII:  # Hyperscan's \b without UCP is ASCII's
         return r"\b"
-    raise _Inexact(at)
+    raise _Inexact(at)  # also MULTILINE `^`, which Hyperscan does not match after a final newline
 
 
 # --- character sets --------------------------------------------------------------------

@@ -90,7 +90,7 @@ class Upstream(Model):
     servers: list[Server] = Field(min_length=1)
     balance: Literal["round-robin", "least-conn", "hash", "ewma"] = "round-robin"
     hash_key: HashKey | None = None
-    host: str | None = Field(None, description="Host sent upstream; the client's when unset")
+    host: HostText | None = Field(None, description="Host sent upstream; the client's when unset")
     pool: Pool = Pool()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
 
@@ -193,6 +193,19 @@ class Condition(Model):
 
 HeaderName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 HeaderValue = Annotated[str, Field(pattern=r"^[^\r\n\x00]*$")]
+# What goes into a request line or a Location: printable, no spaces (RFC 3986 characters,
+# plus % escapes and the few others browsers send), so a config can never split a message.
+UriPart = Annotated[str, Field(pattern=r"^[!-~]*$")]
+HostText = Annotated[str, Field(pattern=r"^[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]+$")]
+# Headers the proxy itself frames or drops: a rule setting them would corrupt the message.
+RESERVED_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                              "proxy-connection", "te", "trailer", "upgrade"})
+
+
+def check_header_name(name: str) -> str:
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"{name!r} is framed or removed by the proxy itself and cannot be set by a rule")
+    return name
 
 
 class Action(Model):
@@ -295,6 +308,11 @@ class HeaderChange(Action):
     name: HeaderName
     value: HeaderValue
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        return check_header_name(value)
+
 
 class SetRequestHeader(HeaderChange):
     kind = "set-request-header"
@@ -307,6 +325,11 @@ class AddRequestHeader(HeaderChange):
 class RemoveRequestHeader(Action):
     kind = "remove-request-header"
     name: HeaderName
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        return check_header_name(value)
 
 
 class SetResponseHeader(HeaderChange):
@@ -321,15 +344,20 @@ class RemoveResponseHeader(Action):
     kind = "remove-response-header"
     name: HeaderName
 
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        return check_header_name(value)
+
 
 class RewritePath(Action):
     """Replace the whole path (`path`), a leading `prefix`, or what `regex` matches."""
 
     kind = "rewrite-path"
-    path: str | None = None
-    prefix: str | None = None
+    path: UriPart | None = None
+    prefix: UriPart | None = None
     regex: str | None = None
-    replacement: str = ""
+    replacement: UriPart = ""
 
     @model_validator(mode="after")
     def _one_form(self) -> RewritePath:
@@ -342,9 +370,13 @@ class RewritePath(Action):
             raise ValueError("replacement goes with prefix or regex; path already is the whole new path")
         if self.regex is not None:
             try:
-                re.compile(self.regex)
+                compiled = re.compile(self.regex)
             except re.error as error:
                 raise ValueError(f"invalid regex: {error}") from None
+            try:  # the replacement's \N and \g<name> must name groups the regex has
+                re._parser.parse_template(self.replacement, compiled)  # type: ignore[attr-defined]
+            except re.error as error:
+                raise ValueError(f"replacement: {error}") from None
         return self
 
 
@@ -352,10 +384,10 @@ class Redirect(Action):
     kind = "redirect"
     status: Literal[301, 302, 303, 307, 308] = 302
     scheme: Literal["http", "https"] | None = None
-    host: str | None = None
+    host: HostText | None = None
     port: Port | None = None
-    path: str | None = Field(None, description="the new path; with `prefix`, what replaces that prefix")
-    prefix: str | None = Field(None, description="replace only this leading part of the path")
+    path: UriPart | None = Field(None, description="the new path; with `prefix`, what replaces that prefix")
+    prefix: UriPart | None = Field(None, description="replace only this leading part of the path")
     keep_query: bool = True
 
     @model_validator(mode="after")
@@ -371,6 +403,13 @@ class Respond(Action):
     body: str = ""
     content_type: HeaderValue = "text/plain; charset=utf-8"
     headers: dict[HeaderName, HeaderValue] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            check_header_name(name)
+        return value
 
 
 ACTIONS: dict[str, type[Action]] = {

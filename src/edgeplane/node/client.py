@@ -45,6 +45,8 @@ if TYPE_CHECKING:
 BLOCK_PIPELINE = 1   # a request is queued behind the one being answered
 BLOCK_BODY = 2       # a body is buffering while its upstream connection opens
 BLOCK_UPSTREAM = 4   # the upstream is not taking the body as fast as it arrives
+BLOCK_WRITE = 8      # the client is not reading its responses: read no more requests from it
+BLOCK_UPGRADE = 16   # an upgrade request waits for the upstream's answer
 BODY_BUFFER_LIMIT = 256 * 1024
 
 _HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?$")
@@ -129,6 +131,7 @@ class ClientConnection(asyncio.Protocol):
         if self.closing or self.rejected:
             return
         self.feeding = len(data)
+        head_in_progress = self.in_head
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -141,7 +144,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self.reject(400, f"malformed request: {error}")
         else:
-            if self.in_head:
+            if self.in_head and head_in_progress:  # all of this packet belongs to one head
                 self.head_raw += len(data)
                 if self.head_raw > self.worker.runtime.limits.max_header_size:
                     self.reject(431, "request head larger than the node accepts")
@@ -158,7 +161,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(request, Request) and request.upgrade is not None:
             # Hold what follows until the upstream says whether it switches protocols.
             self.held = rest
-            self.block(BLOCK_PIPELINE)
+            self.block(BLOCK_UPGRADE)
             return
         # Any other Upgrade was stripped as hop-by-hop, so the request went on as a plain one;
         # the bytes after it are the next request for a parser that starts afresh.
@@ -173,19 +176,20 @@ class ClientConnection(asyncio.Protocol):
         held, self.held = self.held, None
         if held:
             exchange.tunnel_up(held)
-        self.unblock(BLOCK_PIPELINE)
+        self.unblock(BLOCK_UPGRADE)
 
     def resume_after_refused_upgrade(self) -> None:
         """The upstream answered an upgrade request normally: parse what came after it."""
         held, self.held = self.held, None
         self.parser = httptools.HttpRequestParser(self)
-        self.unblock(BLOCK_PIPELINE)
+        self.unblock(BLOCK_UPGRADE)
         if held:
             self.data_received(held)
 
     def pause_writing(self) -> None:
         self.write_paused = True
         self.write_deadline = monotonic() + self.worker.runtime.limits.send_timeout
+        self.block(BLOCK_WRITE)
         active = self.active
         if active is not None and active.conn is not None:
             active.conn.pause_reading()
@@ -193,6 +197,9 @@ class ClientConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self.write_deadline = 0.0
+        self.unblock(BLOCK_WRITE)
+        if self.active is None and self.queue:
+            self.dispatch()  # answers held back while the client was not reading
         active = self.active
         if active is not None and active.conn is not None:
             active.conn.resume_reading()
@@ -219,6 +226,9 @@ class ClientConnection(asyncio.Protocol):
             if request.trailers is None:
                 request.trailers = []
             request.trailers.append((name, value))
+            self.head_raw += len(name) + len(value) + 4  # the trailer section counts like a head
+            if self.head_raw > self.worker.runtime.limits.max_header_size:
+                raise RequestRejected(431, "request trailers larger than the node accepts")
 
     def sort_headers(self, request: Request) -> None:
         """Keep end-to-end headers in order; act on the special ones (one dict hit each)."""
@@ -332,7 +342,8 @@ class ClientConnection(asyncio.Protocol):
                     url = httptools.parse_url(target)
                 except httptools.HttpParserInvalidURLError:
                     raise RequestRejected(400, "invalid absolute request target") from None
-                authority = url.host + (b":%d" % url.port if url.port else b"")
+                host = b"[" + url.host + b"]" if b":" in url.host else url.host  # IPv6 literal
+                authority = host + (b":%d" % url.port if url.port else b"")
                 request.host_header = authority  # absolute-form wins over Host (RFC 9112 §3.2.2)
                 target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
                 request.target = target
@@ -392,7 +403,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.dispatching = True
         try:
-            while self.active is None and self.queue and not self.closing:
+            while self.active is None and self.queue and not self.closing and not self.write_paused:
                 item = self.queue.popleft()
                 if self.queue:
                     self.block(BLOCK_PIPELINE)
@@ -483,8 +494,8 @@ class ClientConnection(asyncio.Protocol):
         if self.write_deadline and now >= self.write_deadline:
             self.abort()
             return
-        if not self.deadline or now < self.deadline:
-            return
+        if not self.deadline or now < self.deadline or self.blocks:
+            return  # (while the node itself is not reading, the client cannot be late)
         self.deadline = 0.0
         limits = self.worker.runtime.limits
         if self.current is None and self.active is None and not self.queue:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .request import Request
     from .runtime import Runtime, UpstreamRuntime
 
+NOT_DROPPABLE = frozenset({b"close", b"keep-alive", b"content-length", b"transfer-encoding"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are kept for the one safe retry
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -81,6 +82,7 @@ class Exchange:
     timeout: float | None = None
     backend_timeout: float | None = None
     switching = False   # the upstream answered 101 to a WebSocket upgrade
+    upstream_full = False  # the upstream connection's write buffer is full
     bytes_in = 0        # bytes the client sent through a tunnel
 
     def __init__(self, client: ClientConnection, request: Request, runtime: Runtime):
@@ -93,6 +95,15 @@ class Exchange:
     # --- route phase ------------------------------------------------------------------
 
     def start(self) -> None:
+        try:
+            self.route()
+        except Exception as error:  # a rule that fails at run time must not take the connection
+            if self.head_sent or self.done:
+                raise
+            self.release(close=True)
+            self.fail_local(500, f"the rules of this route failed: {type(error).__name__}: {error}")
+
+    def route(self) -> None:
         request = self.request
         app = self.client.application(self.runtime, request.host)
         if app is None:
@@ -202,10 +213,10 @@ class Exchange:
             self.sent_at = now
             connection.deadline = now + self.upstream.timeouts.read
             if request.mirrors:
-                self.send_mirrors()
+                self.send_mirrors(request.mirrors)
         else:
             request.exchange = self
-            if request.expect_continue and not body and not self.continue_sent:
+            if request.expect_continue and not body and not self.continue_sent and request.version == "1.1":
                 self.continue_sent = True
                 self.client.write(CONTINUE)
             self.client.unblock_body()
@@ -222,18 +233,18 @@ class Exchange:
         extra = b"Connection: Upgrade\r\nUpgrade: %s\r\n" % request.upgrade if request.upgrade else b""
         return request_head(request, self.upstream, self.endpoint.label, self.client.peer_ip, framing, extra)
 
-    def send_mirrors(self) -> None:
-        """Copies go out once the whole request is known; their fate never touches this one."""
+    def send_mirrors(self, mirrors: list) -> None:
+        """Copies go out once the whole request is known (and once, even if it is retried);
+        their fate never touches this exchange."""
         request = self.request
-        if not request.mirrors:
-            return
+        request.mirrors = None
         worker = self.client.worker
         if self.replay is None:
-            for upstream in request.mirrors:
+            for upstream in mirrors:
                 worker.metrics.mirrored(upstream.name, "skipped-body-too-large")
             return
         body = b"".join(self.replay)
-        for upstream in request.mirrors:
+        for upstream in mirrors:
             MirrorExchange(worker, upstream, request, self.client.peer_ip, body).start()
 
     def encode_body(self, chunk: bytes) -> bytes:
@@ -267,9 +278,10 @@ class Exchange:
         if end:
             connection.write(end)
         self.sent_at = monotonic()
-        if not self.final_head:
+        if not self.final_head and not self.upstream_full:
             connection.deadline = self.sent_at + self.upstream.timeouts.read
-        self.send_mirrors()
+        if request_mirrors := self.request.mirrors:
+            self.send_mirrors(request_mirrors)
 
     # --- response, from the upstream connection ---------------------------------------
 
@@ -303,12 +315,16 @@ class Exchange:
                 length = pair[1]
                 append(pair)
             elif cls == TRANSFER:
+                if pair[1].rstrip(b" \t").lower() != b"chunked":
+                    self.upstream_failed(f"upstream used transfer coding {pair[1].decode('latin-1')!r}; "
+                                         "only chunked is supported", 502)
+                    return
                 chunked = True
             elif cls == CONNECTION:
                 tokens = COMMON_CONNECTION.get(pair[1])
                 if tokens is None:
                     tokens = connection_tokens(pair[1])
-                dropped += [t for t in tokens if t not in (b"close", b"keep-alive")]
+                dropped += [t for t in tokens if t not in NOT_DROPPABLE]
         if dropped:
             kept = [h for h in kept if h[0].lower() not in dropped]
         if self.ops:
@@ -375,6 +391,14 @@ class Exchange:
         if self.conn is not None:
             self.conn.deadline = monotonic() + self.upstream.timeouts.read
 
+    def flush_head(self) -> None:
+        """Send a response head still waiting for body bytes: the upstream's packet ended."""
+        head, self.pending_head = self.pending_head, None
+        if head is not None:
+            self.head_sent = True
+            self.bytes_out += len(head)
+            self.client.write(head)
+
     def relay_interim(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         if status == 101 or self.request.version == "1.0" or (status == 100 and self.continue_sent):
             return
@@ -421,8 +445,8 @@ class Exchange:
             self.client.close()
             self.finish(False)
             return
-        if self.final_head and self.until_close:
-            self.response_complete(False)
+        if self.final_head and self.until_close and exc is None:
+            self.response_complete(False)  # a close-delimited body ends with a clean close
             return
         request = self.request
         if (not connection.received and self.reused and not self.retried and self.replay is not None
@@ -479,9 +503,20 @@ class Exchange:
             self.respond(error_response(status, cause, self.request.request_id), close=not self.request.complete)
 
     def upstream_paused(self, paused: bool) -> None:
+        """The upstream's write buffer filled (or drained): its send timeout runs while it is
+        full; its read timeout starts once the whole request went out."""
+        self.upstream_full = paused
         self.client.block_upstream_full(paused)
-        if self.conn is not None:
-            self.conn.deadline = monotonic() + self.upstream.timeouts.send if paused else 0.0
+        connection = self.conn
+        if connection is None:
+            return
+        timeouts = self.upstream.timeouts
+        if paused:
+            connection.deadline = monotonic() + timeouts.send
+        elif self.sent_at and not self.final_head:
+            connection.deadline = monotonic() + timeouts.read
+        else:
+            connection.deadline = 0.0
 
     def client_gone(self) -> None:
         """The client closed its connection before the exchange ended."""

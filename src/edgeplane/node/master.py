@@ -71,13 +71,18 @@ class Master:
         return False
 
     async def supervise(self, index: int) -> None:
+        """Restart a worker that died; one that keeps dying waits longer each time (up to
+        30 s), and a worker that lived a minute starts the count again."""
+        delay = 0.5
         while not self.stopping:
+            started = time.monotonic()
             code = await self.processes[index].wait()
             if self.stopping:
                 return
+            delay = 0.5 if time.monotonic() - started > 60 else min(delay * 2, 30.0)
             self.restarts += 1
-            log("worker_exited", worker=index, code=code, action="restarting")
-            await asyncio.sleep(0.5)
+            log("worker_exited", worker=index, code=code, action=f"restarting in {delay:g}s")
+            await asyncio.sleep(delay)
             if not self.stopping:
                 await self.start_worker(index)
 

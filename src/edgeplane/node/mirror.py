@@ -24,6 +24,8 @@ MIRROR_MARK = b"X-Edgeplane-Mirror: 1\r\n"
 
 class MirrorExchange:
     __slots__ = ("worker", "upstream", "request", "data", "endpoint", "conn", "final_head", "head_only")
+    switching = False  # a mirror never switches protocols
+    pending_head = None  # nor holds a head for a client
 
     def __init__(self, worker: Worker, upstream: Any, request: Any, client_ip: bytes, body: bytes):
         self.worker = worker

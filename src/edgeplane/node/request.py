@@ -11,12 +11,19 @@ from urllib.parse import parse_qsl, unquote
 
 
 def normalize_path(raw: str) -> str:
-    """Percent-decode and remove dot segments (RFC 3986 §5.2.4), as rules must see it."""
+    """The path as rules must see it: percent-decoded, dot segments removed (RFC 3986
+    §5.2.4), and read the way common backends read it too — a backslash as a slash (IIS)
+    and `;parameters` of a dot segment ignored (Tomcat) — so that neither `/a/..\\admin`
+    nor `/.;/admin` slips past a rule about `/admin`."""
     decoded = unquote(raw, errors="replace") if "%" in raw else raw
+    if "\\" in decoded:
+        decoded = decoded.replace("\\", "/")
     if "/." not in decoded and "//" not in decoded:
         return decoded or "/"
     out: list[str] = []
     for segment in decoded.split("/"):
+        if segment.startswith(".") and ";" in segment:
+            segment = segment.partition(";")[0]
         if segment == "..":
             if out:
                 out.pop()

@@ -3,15 +3,14 @@
 Each HTTPS listener keeps one front context for its whole life; its SNI callback asks the
 worker's current runtime which certificate serves the name, so a reload changes
 certificates for new handshakes without rebinding the port or touching open connections.
-A private key given inline exists on disk only for the instant OpenSSL reads it, in a
-file only this process can read.
+A private key given inline never touches a disk: OpenSSL reads it from an anonymous
+memory file of this process.
 """
 
 from __future__ import annotations
 
 import os
 import ssl
-import tempfile
 from collections.abc import Callable
 
 from ..model.config import Application, Certificate
@@ -26,24 +25,21 @@ def certificate_context(certificate: Certificate) -> ssl.SSLContext:
     if certificate.cert_file is not None and certificate.key_file is not None:
         context.load_cert_chain(certificate.cert_file, certificate.key_file)
         return context
-    directory = tempfile.mkdtemp(prefix="edgeplane-tls-")  # mode 0700
+    # OpenSSL reads only paths: inline PEM goes through anonymous memory files, never a disk.
+    descriptors = []
     try:
         paths = []
-        for name, pem in (("cert.pem", certificate.cert), ("key.pem", certificate.key)):
-            path = os.path.join(directory, name)
-            with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-                handle.write(pem or "")
+        for pem, path in ((certificate.cert, certificate.cert_file), (certificate.key, certificate.key_file)):
+            if path is None:
+                descriptor = os.memfd_create("edgeplane-tls", os.MFD_CLOEXEC)
+                descriptors.append(descriptor)
+                os.write(descriptor, (pem or "").encode())
+                path = f"/proc/self/fd/{descriptor}"
             paths.append(path)
-        cert_path = certificate.cert_file or paths[0]
-        key_path = certificate.key_file or paths[1]
-        context.load_cert_chain(cert_path, key_path)
+        context.load_cert_chain(paths[0], paths[1])
     finally:
-        for name in ("cert.pem", "key.pem"):
-            try:
-                os.unlink(os.path.join(directory, name))
-            except FileNotFoundError:
-                pass
-        os.rmdir(directory)
+        for descriptor in descriptors:
+            os.close(descriptor)
     return context
 
 

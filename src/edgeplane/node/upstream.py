@@ -57,13 +57,18 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            if not getattr(exchange, "switching", False):
+            if not exchange.switching:
                 self.fail("upstream switched protocols without being asked to")
                 return
             self.tunneling = True
             exchange.tunnel_open(data[upgrade.args[0]:] if upgrade.args else b"")
         except httptools.HttpParserError as error:
             self.fail(f"invalid response from upstream: {error}")
+        else:
+            # A head with no body yet in this packet goes out now (SSE, long polls); with the
+            # body in the same packet it went out with it, in one write.
+            if exchange.pending_head is not None and self.exchange is exchange:
+                exchange.flush_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

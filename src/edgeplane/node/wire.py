@@ -120,11 +120,12 @@ def serialize_local(response: LocalResponse, ops: list, head_only: bool, keep_al
     parts = [status_line(response.status)]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
-    if response.status >= 200 and response.status not in (204, 304):
+    bodiless = response.status in (204, 304)
+    if not bodiless:
         parts.append(b"Content-Length: %d\r\n" % len(response.body))
     parts.append(connection_header(keep_alive, http10))
     parts.append(b"\r\n")
-    if not head_only:
+    if not head_only and not bodiless:
         parts.append(response.body)
     return b"".join(parts)
 

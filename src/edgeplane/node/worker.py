@@ -11,10 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import socket
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from ..model.load import ConfigError, Problem, load
+from ..model.load import ConfigError, Problem, dump, load
 from .client import ClientConnection, Rejection
 from .endpoints import EndpointRegistry
 from .exchange import Exchange
@@ -135,13 +133,29 @@ class Worker:
             return ()
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def load_runtime(self) -> Runtime:
-        config = load(self.config_path)
+    def load_runtime(self, path: Path | None = None) -> Runtime:
+        config = load(path or self.config_path)
         try:
             return compile_runtime(config, self.registry, self.partition)
-        except (ValueError, OSError, re.error, ssl.SSLError) as error:
-            # Valid by the model but not compilable here (e.g. an unreadable GeoIP file).
-            raise ConfigError(str(self.config_path), [Problem("", f"cannot compile: {error}")]) from None
+        except Exception as error:
+            # Valid by the model but not compilable here (an unreadable GeoIP or certificate
+            # file, ...): whatever the cause, the change is refused and nothing else is hurt.
+            raise ConfigError(str(path or self.config_path),
+                              [Problem("", f"cannot compile: {type(error).__name__}: {error}")]) from None
+
+    @property
+    def last_good_path(self) -> Path | None:
+        """Where the last config this worker applied is kept, for a restarted worker whose
+        file has since been broken (the master's run directory, shared by the workers)."""
+        return Path(self.control_path).with_name("last-good.yaml") if self.control_path else None
+
+    def keep_last_good(self) -> None:
+        path = self.last_good_path
+        if path is None:
+            return
+        temporary = path.with_name(f"last-good.{self.index}.tmp")
+        temporary.write_text(dump(self.runtime.config))
+        os.replace(temporary, path)
 
     def reload(self, reason: str) -> bool:
         self.signature = self.file_signature()
@@ -164,6 +178,7 @@ class Worker:
                 serving=self.runtime.version if self.runtime else None)
             return False
         self.runtime = runtime
+        self.keep_last_good()
         self.registry.retain(endpoint_keys(runtime))
         self.reloads["ok"] += 1
         self.last_error = ""
@@ -211,19 +226,24 @@ class Worker:
     async def housekeeping(self) -> None:
         parent = os.getppid()
         ticks = 0
-        while not self.draining:
+        while True:
             await asyncio.sleep(TICK)
             ticks += 1
-            self.check_deadlines()
-            if ticks % 5 == 0:
-                if self.file_signature() != self.signature:
-                    self.reload("file changed")
-                self.registry.sweep(time.monotonic())
-                if os.getppid() != parent:
-                    log("master_gone", worker=self.index)
-                    self.stop()
-            if ticks % 2 == 0:
-                self.spawn(self.access_log.flush())
+            try:
+                self.check_deadlines()  # also while draining: a stalled peer must not hold the drain
+                if self.draining:
+                    continue
+                if ticks % 5 == 0:
+                    if self.file_signature() != self.signature:
+                        self.reload("file changed")
+                    self.registry.sweep(time.monotonic())
+                    if os.getppid() != parent:
+                        log("master_gone", worker=self.index)
+                        self.stop()
+                if ticks % 2 == 0:
+                    self.spawn(self.access_log.flush())
+            except Exception as error:  # housekeeping must outlive any one failure
+                log("housekeeping_error", worker=self.index, error=f"{type(error).__name__}: {error}")
 
     def check_deadlines(self) -> None:
         now = time.monotonic()
@@ -296,8 +316,13 @@ class Worker:
         try:
             runtime = self.load_runtime()
         except ConfigError as error:
-            log("config_invalid", worker=self.index, errors=str(error).splitlines())
-            return 2
+            last_good = self.last_good_path
+            if last_good is None or not last_good.exists():
+                log("config_invalid", worker=self.index, errors=str(error).splitlines())
+                return 2
+            log("config_invalid", worker=self.index, errors=str(error).splitlines(),
+                action="starting from the last good config")
+            runtime = self.load_runtime(last_good)
         self.signature = self.file_signature()
         try:
             self.reconcile_listeners(runtime)
@@ -305,6 +330,7 @@ class Worker:
             log("listen_failed", worker=self.index, error=str(error))
             return 3
         self.runtime = runtime
+        self.keep_last_good()
         loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
