@@ -274,15 +274,14 @@ def _rewrite_step(action: RewritePath) -> Step:
 
 
 def _rewrite_query_step(action: RewriteQuery) -> Step:
+    fixed = parse_qsl(action.query, keep_blank_values=True) if action.query is not None else None
+    drop = frozenset(action.remove) | frozenset(action.set)
+    added = list(action.set.items()) + list(action.add.items())
+
     def rewrite(request: Any, _ops: list) -> None:
-        if action.query is not None:
-            pairs = parse_qsl(action.query, keep_blank_values=True)
-        else:
-            pairs = parse_qsl(request.query, keep_blank_values=True)
-        drop = set(action.remove) | set(action.set)
-        pairs = [(k, v) for k, v in pairs if k not in drop]
-        pairs += list(action.set.items()) + list(action.add.items())
-        request.set_target(request.uri_path, urlencode(pairs))
+        pairs = fixed if fixed is not None else parse_qsl(request.query, keep_blank_values=True)
+        kept = [(k, v) for k, v in pairs if k not in drop]
+        request.set_target(request.uri_path, urlencode(kept + added))
     return rewrite
 
 

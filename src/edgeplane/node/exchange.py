@@ -3,7 +3,8 @@
 The exchange owns the decisions of the proxy phase: which endpoint, when to try another
 (connect failures; a reused connection that died before answering, for idempotent
 requests with a replayable body), and how failures map to 502/503/504. It streams bodies
-both ways without buffering them and holds the runtime it started with until it ends.
+both ways (holding at most what arrives while an upstream connection opens, and a 64 KiB
+copy for the one retry) and holds the runtime it started with until it ends.
 """
 
 from __future__ import annotations
