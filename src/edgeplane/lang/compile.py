@@ -541,7 +541,14 @@ def compile_rules(rules: list[Rule], upstreams: dict[str, Any], context: Compile
                                    label_of(index), mutates, rule.conditions))
     if len(chain) < INDEX_THRESHOLD:
         return _linear_route(chain)
-    return _indexed_route(chain, RuleIndex(chain, context))
+    return _indexed_route(chain, RuleIndex(chain, context), context)
+
+
+def _without_key(rule: _Compiled, context: CompileContext) -> Predicate | None:
+    key = RuleIndex.key_of(rule.conditions)
+    if key is None:
+        return rule.matches
+    return compile_conditions([c for c in rule.conditions if c is not key], context)
 
 
 def _linear_route(chain: list[_Compiled]) -> Callable[[Any, list], tuple[Any, Any]]:
@@ -560,8 +567,11 @@ def _linear_route(chain: list[_Compiled]) -> Callable[[Any, list], tuple[Any, An
     return route
 
 
-def _indexed_route(chain: list[_Compiled], index: RuleIndex) -> Callable[[Any, list], tuple[Any, Any]]:
-    compiled = tuple((c.matches, c.steps, c.last, c.label, c.mutates) for c in chain)
+def _indexed_route(chain: list[_Compiled], index: RuleIndex, context: CompileContext
+                   ) -> Callable[[Any, list], tuple[Any, Any]]:
+    # A candidate's key condition already holds (the index found it), so only the others run:
+    # an indexed regex is never searched twice, nor by `re` when Hyperscan found it.
+    compiled = tuple((_without_key(c, context), c.steps, c.last, c.label, c.mutates) for c in chain)
     candidates = index.candidates
 
     def route(request: Any, ops: list) -> tuple[Any, Any]:
