@@ -3,18 +3,21 @@
 Each pattern comes with the bits it stands for; `matches(text)` returns the OR of the bits of
 every pattern that finds a match anywhere in the text, with Python `re.search` semantics
 whichever engine runs. Patterns are compiled once per config version. Hyperscan scans the
-text once for every pattern whose Python meaning it reproduces exactly; `re` answers for the
-others in the same call. This module knows nothing of rules or requests.
+text once for all patterns; `re` confirms the hits of patterns Hyperscan can only
+approximate, and searches for the few it cannot take at all. This module knows nothing of
+rules or requests.
 """
 
 from __future__ import annotations
 
 import functools
 import re
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from re import _constants as sre  # the opcodes of `re`'s own parser: its tree is a pattern's meaning
 from re import _parser
+from typing import Any
 
 try:
     import hyperscan
@@ -48,7 +51,7 @@ class RegexSet:
     def __init__(self, patterns: list[Pattern]):
         """`patterns`: (regex, caseless, bits) triples."""
         self.searches = _searches(patterns)
-        self.re_patterns = tuple(pattern for pattern, _, _ in patterns)  # what `re` evaluates: all
+        self.re_patterns = tuple(pattern for pattern, _, _ in patterns)  # searched on every call: all
         self.re_patterns_wide = self.re_patterns
 
     def matches(self, text: str) -> int:
@@ -59,11 +62,14 @@ class HyperscanSet:
     """The Hyperscan engine, with two databases of the same patterns.
 
     A text whose characters all fit in Latin-1 (hosts, methods, raw URIs, queries, header
-    values, most paths) is scanned as Latin-1 bytes, where every Python pattern without
-    lookaround, backreferences or Unicode `\\b` has an exact Hyperscan equal. A wider text
-    (a decoded path in Cyrillic, say) is scanned as UTF-8 by the patterns that need no
-    Unicode tables (no \\d \\w \\s, no case folding); Hyperscan compiles Unicode classes
-    slowly (seconds for a hundred `\\w`) and its tables are not Python's.
+    values, most paths) is scanned as Latin-1 bytes: there every pattern without lookaround,
+    backreferences, atomic groups, possessive repeats, Unicode `\\b` or MULTILINE `^` has an
+    exact Hyperscan equal. A wider text (a decoded path in Cyrillic, say) is scanned as
+    UTF-8, where case folding and \\d \\w \\s are exact only for Latin-1 characters: Hyperscan's
+    Unicode tables are not Python's, and it compiles Unicode classes slowly (seconds for a
+    hundred `\\w`); that database is compiled when the first such text comes. A pattern
+    without an exact equal is scanned as a looser one that matches at least its texts, and
+    `re` confirms each hit.
 
     Not thread-safe: each database owns one scratch space, allocated when it is compiled.
     """
@@ -72,30 +78,51 @@ class HyperscanSet:
 
     def __init__(self, patterns: list[Pattern]):
         """`patterns`: (regex, caseless, bits) triples."""
+        self.patterns = list(patterns)
         self.searches = _searches(patterns)  # also rejects what `re` rejects
         self.narrow = _Scanner(patterns, self.searches, LATIN_1)
-        self.wide = _Scanner(patterns, self.searches, UTF_8)
-        self.re_patterns = self.narrow.re_patterns  # what `re` evaluates for Latin-1 texts
-        self.re_patterns_wide = self.wide.re_patterns  # and for wider ones
+        self._wide: _Scanner | None = None
+        self.re_patterns = self.narrow.confirmed + self.narrow.searched  # evaluated by `re`, on a hit or always
+
+    @property
+    def wide(self) -> _Scanner:
+        """Compiled on the first wider text: hosts, methods, raw URIs and queries never are."""
+        if self._wide is None:
+            self._wide = _Scanner(self.patterns, self.searches, UTF_8)
+        return self._wide
+
+    @property
+    def re_patterns_wide(self) -> tuple[str, ...]:
+        """Evaluated by `re` for wider texts (compiles their database if no such text came yet)."""
+        return self.wide.confirmed + self.wide.searched
 
     def matches(self, text: str) -> int:
         try:
             data = text.encode("latin-1")
         except UnicodeEncodeError:
             return self._matches_wide(text)
-        return _search_each(self.narrow.rest, text, self.narrow.scan(data))
+        return self.narrow.matches(data, text)
 
     def _matches_wide(self, text: str) -> int:
         try:
             data = text.encode()
         except UnicodeEncodeError:  # lone surrogates have no UTF-8 form: `re` answers for all
             return _search_each(self.searches, text, 0)
-        return _search_each(self.wide.rest, text, self.wide.scan(data))
+        return self.wide.matches(data, text)
+
+
+_live: weakref.WeakValueDictionary[tuple[Pattern, ...], RegexSet | HyperscanSet] = weakref.WeakValueDictionary()
 
 
 def regex_set(patterns: list[Pattern]) -> RegexSet | HyperscanSet:
-    """The fastest engine this interpreter has; both answer exactly as `re.search` does."""
-    return HyperscanSet(patterns) if hyperscan is not None else RegexSet(patterns)
+    """The fastest engine this interpreter has; both answer exactly as `re.search` does.
+    Patterns a set in use already has (another application's, the serving config's while a
+    reload compiles) get that set instead of a new compilation."""
+    key = tuple(patterns)
+    found = _live.get(key)
+    if found is None:
+        found = _live[key] = HyperscanSet(patterns) if hyperscan is not None else RegexSet(patterns)
+    return found
 
 
 # --- alphabets ---------------------------------------------------------------------------
@@ -121,19 +148,46 @@ UTF_8 = Alphabet("utf-8", 0x10FFFF, utf8=True)
 
 
 class _Scanner:
-    """One database over one alphabet: `scan(data)` ORs the bits of the patterns it holds
-    that match `data`; `rest` are the searches of the others (those no text of the alphabet
-    can match are in neither)."""
+    """One database over one alphabet. Each pattern is held exactly (a hit sets its bits),
+    held loosely (a hit makes `re` confirm it), searched with `re` on every call (Hyperscan
+    refused it), or skipped (no text of the alphabet matches it)."""
 
     def __init__(self, patterns: list[Pattern], searches: tuple[Search, ...], alphabet: Alphabet):
-        expressions = [to_hyperscan(pattern, caseless, alphabet) for pattern, caseless, _ in patterns]
-        translated = [i for i, e in enumerate(expressions) if isinstance(e, str)]
-        refused = _refused([expressions[i] for i in translated], alphabet)
-        held = [i for n, i in enumerate(translated) if n not in refused]
-        rest = sorted(set(range(len(patterns))) - set(held) - {i for i, e in enumerate(expressions) if e is NEVER})
-        self.scan = _scan([expressions[i] for i in held], [patterns[i][2] for i in held], alphabet)
-        self.rest = tuple(searches[i] for i in rest)
-        self.re_patterns = tuple(patterns[i][0] for i in rest)
+        exact, loose, searched, expression_of = [], [], [], {}
+        for i, (pattern, caseless, _) in enumerate(patterns):
+            translation = to_hyperscan(pattern, caseless, alphabet)
+            if translation is None:
+                searched.append(i)
+            elif translation[0] is not NEVER:
+                expression_of[i] = translation[0]
+                (exact if translation[1] else loose).append(i)
+        # Exact patterns share an id per bits value (SINGLEMATCH then reports each value once);
+        # each loose one has its own id, whose hit sets a bit above every pattern's bits.
+        own = sorted({patterns[i][2] for i in exact})
+        self.shift = max((bits.bit_length() for _, _, bits in patterns), default=0)
+        self.own_bits = (1 << self.shift) - 1
+        position = {bits: n for n, bits in enumerate(own)}
+        id_of = {i: position[patterns[i][2]] for i in exact} | {i: len(own) + n for n, i in enumerate(loose)}
+        held = exact + loose
+        database, refused = _compiled([expression_of[i] for i in held], [id_of[i] for i in held], alphabet)
+        searched += [held[n] for n in sorted(refused)]
+        self.scan = _scan(database, tuple(own) + tuple(1 << (self.shift + n) for n in range(len(loose))))
+        self.confirms = tuple(searches[i] for i in loose)  # by loose id
+        self.rest = tuple(searches[i] for i in searched)
+        self.confirmed = tuple(patterns[i][0] for i in loose if i not in searched)  # by `re` after a hit
+        self.searched = tuple(patterns[i][0] for i in searched)  # by `re` on every call
+
+    def matches(self, data: bytes, text: str) -> int:
+        found = self.scan(data)
+        mask = found & self.own_bits
+        suspects = found >> self.shift
+        while suspects:
+            low = suspects & -suspects
+            suspects ^= low
+            bits, search = self.confirms[low.bit_length() - 1]
+            if bits & ~mask and search(text) is not None:
+                mask |= bits
+        return _search_each(self.rest, text, mask)
 
 
 def _hs_flags(alphabet: Alphabet) -> int:
@@ -144,18 +198,30 @@ def _hs_flags(alphabet: Alphabet) -> int:
 
 
 def _database(expressions: list[str], ids: list[int], alphabet: Alphabet) -> hyperscan.Database:
+    """Compiled with the one scratch space its scans will use."""
     database = hyperscan.Database()
     database.compile(expressions=[e.encode() for e in expressions], ids=ids,
                      elements=len(expressions), flags=_hs_flags(alphabet))
     return database
 
 
+def _compiled(expressions: list[str], ids: list[int], alphabet: Alphabet) -> tuple[hyperscan.Database | None, set[int]]:
+    """The database of the expressions Hyperscan accepts, and the positions of those it refuses."""
+    if not expressions:
+        return None, set()
+    try:
+        return _database(expressions, ids, alphabet), set()
+    except hyperscan.error:
+        refused = _refused(expressions, alphabet)
+    kept = [n for n in range(len(expressions)) if n not in refused]
+    database = _database([expressions[n] for n in kept], [ids[n] for n in kept], alphabet) if kept else None
+    return database, refused
+
+
 def _refused(expressions: list[str], alphabet: Alphabet) -> set[int]:
     """Positions of the expressions Hyperscan will not compile, found by halving the list."""
-    if not expressions:
-        return set()
     try:
-        _database(expressions, list(range(len(expressions))), alphabet)
+        _database(expressions, [0] * len(expressions), alphabet)
         return set()
     except hyperscan.error:
         if len(expressions) == 1:
@@ -164,18 +230,16 @@ def _refused(expressions: list[str], alphabet: Alphabet) -> set[int]:
     return _refused(expressions[:half], alphabet) | {half + n for n in _refused(expressions[half:], alphabet)}
 
 
-def _scan(expressions: list[str], bits: list[int], alphabet: Alphabet) -> Callable[[bytes], int]:
-    if not expressions:
+def _scan(database: hyperscan.Database | None, values: tuple[int, ...]) -> Callable[[bytes], int]:
+    """scan(data) -> the OR of the values of the ids that match somewhere in data."""
+    if database is None:
         return lambda _data: 0
-    distinct = sorted(set(bits))  # one id per bits value: SINGLEMATCH then reports each once
-    id_of = {value: n for n, value in enumerate(distinct)}
-    bits_of = tuple(distinct)
-    scan = _database(expressions, [id_of[value] for value in bits], alphabet).scan
+    scan = database.scan
     found = 0
 
     def on_match(id_: int, _start: int, _end: int, _flags: int, _context: object) -> None:
         nonlocal found
-        found |= bits_of[id_]
+        found |= values[id_]
 
     def scan_once(data: bytes) -> int:
         nonlocal found
@@ -188,8 +252,8 @@ def _scan(expressions: list[str], bits: list[int], alphabet: Alphabet) -> Callab
 # --- Python patterns as Hyperscan expressions --------------------------------------------
 
 
-class _Inexact(Exception):
-    """Hyperscan cannot reproduce this construct's Python meaning exactly."""
+class _Unknown(Exception):
+    """A construct this translation does not know (a newer `re`, say)."""
 
 
 class _Never(Exception):
@@ -201,84 +265,132 @@ class _NoText:
         return "NEVER"
 
 
-NEVER = _NoText()  # what `to_hyperscan` returns for a pattern no text of the alphabet matches
+NEVER = _NoText()  # the expression of a pattern no text of the alphabet matches
 
 
-def to_hyperscan(pattern: str, caseless: bool = False, alphabet: Alphabet = LATIN_1) -> str | _NoText | None:
-    """The Hyperscan expression that matches a text of `alphabet` (encoded) exactly when
-    `re.search(pattern, text)` does; None when there is none; NEVER when no such text matches.
+def to_hyperscan(pattern: str, caseless: bool = False,
+                 alphabet: Alphabet = LATIN_1) -> tuple[str | _NoText, bool] | None:
+    """(expression, exact): a Hyperscan expression that matches a text of `alphabet`
+    (encoded) whenever `re.search(pattern, text)` does, and only then when `exact`; NEVER
+    when no such text matches; None for a construct this translation does not know.
 
     Built from the tree `re` parses the pattern into. Each character item (literal, class,
-    `.`) becomes the explicit set of characters Python matches with it: asked of `re` for
-    each of the 256 Latin-1 characters, read from the pattern as written for UTF-8 (where
-    case folding and \\d \\w \\s have no exact equal). Anchors become their Hyperscan equals
-    (`\\Z` is `\\z`; `$` allows a final newline in both); lazy repeats become greedy ones, which
-    match the same texts. Lookaround, backreferences, conditionals, atomic groups, possessive
-    repeats, Unicode `\\b` and MULTILINE `^` have no exact equal.
+    `.`) becomes the set of characters Python matches with it, asked of `re` for the 256
+    Latin-1 characters, read as written beyond them. Anchors become their Hyperscan equals
+    (`\\Z` is `\\z`; `$` allows a final newline in both); lazy repeats become greedy ones,
+    which match the same texts. Loosened: lookaround and Unicode `\\b`, `\\B`, MULTILINE `^`
+    are dropped, backreferences match any text, atomic groups and possessive repeats
+    backtrack, case folding and \\d \\w \\s allow every character beyond Latin-1.
     """
+    translation = _Translation(alphabet)
     try:
         tree = _parser.parse(pattern, re.IGNORECASE if caseless else 0)
-        return _sequence(tree, tree.state.flags, alphabet)
-    except _Inexact:
+        return translation.sequence(tree, tree.state.flags), translation.exact
+    except _Never:
+        return NEVER, True
+    except _Unknown:
         return None
-    except _Never:
-        return NEVER
 
 
-def _sequence(items: Iterable, flags: int, alphabet: Alphabet) -> str:
-    return "".join(_node(op, av, flags, alphabet) for op, av in items)
+class _Translation:
+    """One pattern into one alphabet; `exact` turns False at the first loosening."""
 
+    def __init__(self, alphabet: Alphabet):
+        self.alphabet = alphabet
+        self.exact = True
 
-def _node(op: object, av: object, flags: int, alphabet: Alphabet) -> str:
-    if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
-        return _character_class(_characters(op, av, flags, alphabet), alphabet)
-    if op is sre.BRANCH:
-        return _alternatives(av[1], flags, alphabet)
-    if op is sre.SUBPATTERN:
-        _group, add, remove, body = av
-        return "(?:" + _sequence(body, (flags | add) & ~remove, alphabet) + ")"
-    if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):
-        return _repeat(*av, flags, alphabet)
-    if op is sre.AT:
-        return _anchor(av, flags)
-    raise _Inexact(op)
+    def loosen(self, expression: str) -> str:
+        self.exact = False
+        return expression
 
+    def sequence(self, items: Iterable, flags: int) -> str:
+        return "".join(self.node(op, av, flags) for op, av in items)
 
-def _alternatives(branches: list, flags: int, alphabet: Alphabet) -> str:
-    possible = []
-    for branch in branches:
+    def node(self, op: object, av: Any, flags: int) -> str:
+        if op in (sre.LITERAL, sre.NOT_LITERAL, sre.ANY, sre.IN):
+            return _character_class(self.characters(op, av, flags), self.alphabet)
+        if op is sre.BRANCH:
+            return self.alternatives(av[1], flags)
+        if op is sre.SUBPATTERN:
+            _group, add, remove, body = av
+            return "(?:" + self.sequence(body, (flags | add) & ~remove) + ")"
+        if op in (sre.MAX_REPEAT, sre.MIN_REPEAT):  # lazy or greedy: the same texts match
+            return self.repeat(*av, flags)
+        if op is sre.AT:
+            return self.anchor(av, flags)
+        if op is sre.POSSESSIVE_REPEAT:
+            return self.loosen(self.repeat(*av, flags))
+        if op is sre.ATOMIC_GROUP:
+            return self.loosen("(?:" + self.sequence(av, flags) + ")")
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            return self.loosen("")
+        if op is sre.GROUPREF:
+            return self.loosen(_character_class(_within(((0, self.alphabet.last),)), self.alphabet) + "*")
+        if op is sre.GROUPREF_EXISTS:
+            _group, yes, no = av
+            return self.loosen(self.alternatives([yes, no or []], flags))
+        raise _Unknown(op)
+
+    def alternatives(self, branches: list, flags: int) -> str:
+        possible = []
+        for branch in branches:
+            try:
+                possible.append(self.sequence(branch, flags))
+            except _Never:
+                pass
+        if not possible:
+            raise _Never
+        return "(?:" + "|".join(possible) + ")"
+
+    def repeat(self, low: int, high: int, body: list, flags: int) -> str:
         try:
-            possible.append(_sequence(branch, flags, alphabet))
+            inner = self.sequence(body, flags)
         except _Never:
-            pass
-    if not possible:
-        raise _Never
-    return "(?:" + "|".join(possible) + ")"
-
-
-def _repeat(low: int, high: int, body: list, flags: int, alphabet: Alphabet) -> str:
-    try:
-        inner = _sequence(body, flags, alphabet)
-    except _Never:
-        if low == 0:
+            if low == 0:
+                return "(?:)"
+            raise
+        if high == 0:
             return "(?:)"
-        raise
-    if high == 0:
-        return "(?:)"
-    return "(?:" + inner + "){%d,%s}" % (low, "" if high == sre.MAXREPEAT else high)
+        return "(?:" + inner + "){%d,%s}" % (low, "" if high == sre.MAXREPEAT else high)
 
+    def anchor(self, at: object, flags: int) -> str:
+        multiline = flags & re.MULTILINE
+        if at is sre.AT_BEGINNING and not multiline or at is sre.AT_BEGINNING_STRING:
+            return "^"
+        if at is sre.AT_END:  # also before a final newline; with MULTILINE before every one
+            return "(?m:$)" if multiline else "$"
+        if at is sre.AT_END_STRING:
+            return r"\z"
+        if at is sre.AT_BOUNDARY and flags & re.ASCII:  # Hyperscan's \b without UCP is ASCII's
+            return r"\b"
+        if at in (sre.AT_BEGINNING, sre.AT_BOUNDARY, sre.AT_NON_BOUNDARY):
+            return self.loosen("")  # Hyperscan's MULTILINE ^ misses the end after a final newline
+        raise _Unknown(at)
 
-def _anchor(at: object, flags: int) -> str:
-    multiline = flags & re.MULTILINE
-    if at is sre.AT_BEGINNING and not multiline or at is sre.AT_BEGINNING_STRING:
-        return "^"
-    if at is sre.AT_END:  # also before a final newline; with MULTILINE before every one
-        return "(?m:$)" if multiline else "$"
-    if at is sre.AT_END_STRING:
-        return r"\z"
-    if at is sre.AT_BOUNDARY and flags & re.ASCII:  # Hyperscan's \b without UCP is ASCII's
-        return r"\b"
-    raise _Inexact(at)  # also MULTILINE `^`, which Hyperscan does not match after a final newline
+    def characters(self, op: object, av: Any, flags: int) -> Ranges:
+        """The characters of the alphabet one item of a pattern matches, as Python decides
+        for Latin-1 ones; beyond them, as written or (case folding, \\d \\w \\s) all."""
+        latin_1 = _asked(_item_source(op, av), flags & (re.IGNORECASE | re.ASCII | re.DOTALL))
+        if self.alphabet is LATIN_1:
+            ranges = latin_1
+        elif op is sre.ANY:
+            ranges = ((0, self.alphabet.last),) if flags & re.DOTALL else ((0, 9), (11, self.alphabet.last))
+        elif flags & re.IGNORECASE or op is sre.IN and any(item is sre.CATEGORY for item, _ in av):
+            ranges = self.loosen_set(latin_1 + ((0x100, self.alphabet.last),))
+        elif op is sre.LITERAL:
+            ranges = ((av, av),)
+        elif op is sre.NOT_LITERAL:
+            ranges = _complement(((av, av),), self.alphabet.last)
+        else:
+            ranges = _listed(av, self.alphabet.last)
+        ranges = _within(ranges)
+        if not ranges:
+            raise _Never
+        return ranges
+
+    def loosen_set(self, ranges: Ranges) -> Ranges:
+        self.exact = False
+        return _merged(ranges)
 
 
 # --- character sets --------------------------------------------------------------------
@@ -288,26 +400,6 @@ _CATEGORIES = {sre.CATEGORY_DIGIT: r"\d", sre.CATEGORY_NOT_DIGIT: r"\D", sre.CAT
                sre.CATEGORY_NOT_SPACE: r"\S", sre.CATEGORY_WORD: r"\w", sre.CATEGORY_NOT_WORD: r"\W"}
 
 
-def _characters(op: object, av: object, flags: int, alphabet: Alphabet) -> Ranges:
-    """The characters of `alphabet` one item of a pattern matches, as Python decides."""
-    if alphabet is LATIN_1:
-        ranges = _asked(_item_source(op, av), flags & (re.IGNORECASE | re.ASCII | re.DOTALL))
-    elif flags & re.IGNORECASE:
-        raise _Inexact("case folding by Unicode tables")
-    elif op is sre.ANY:
-        ranges = ((0, alphabet.last),) if flags & re.DOTALL else ((0, 9), (11, alphabet.last))
-    elif op is sre.LITERAL:
-        ranges = ((av, av),)
-    elif op is sre.NOT_LITERAL:
-        ranges = _complement(((av, av),), alphabet.last)
-    else:
-        ranges = _listed(av, alphabet.last)
-    ranges = _without_surrogates(ranges)
-    if not ranges:
-        raise _Never
-    return ranges
-
-
 @functools.lru_cache(maxsize=4096)
 def _asked(source: str, flags: int) -> Ranges:
     """The Latin-1 characters the one-character pattern `source` matches, asked of `re`."""
@@ -315,7 +407,7 @@ def _asked(source: str, flags: int) -> Ranges:
     return _merged((code, code) for code in range(0x100) if match(chr(code)))
 
 
-def _item_source(op: object, av: object) -> str:
+def _item_source(op: object, av: Any) -> str:
     if op is sre.ANY:
         return "."
     if op is sre.LITERAL:
@@ -333,7 +425,7 @@ def _item_source(op: object, av: object) -> str:
         elif item is sre.CATEGORY and value in _CATEGORIES:
             pieces.append(_CATEGORIES[value])
         else:
-            raise _Inexact(item)
+            raise _Unknown(item)
     return "[" + "".join(pieces) + "]"
 
 
@@ -352,7 +444,7 @@ def _listed(items: list, last: int) -> Ranges:
         elif item is sre.RANGE:
             spans.append(value)
         else:
-            raise _Inexact(item)  # \d \w \s: Unicode tables
+            raise _Unknown(item)
     ranges = _merged(spans)
     return _complement(ranges, last) if negate else ranges
 
@@ -378,7 +470,8 @@ def _complement(ranges: Ranges, last: int) -> Ranges:
     return tuple(gaps)
 
 
-def _without_surrogates(ranges: Ranges) -> Ranges:
+def _within(ranges: Ranges) -> Ranges:
+    """Without the surrogates, which no text with a UTF-8 form contains."""
     first, last = _SURROGATES
     kept = []
     for low, high in ranges:

@@ -48,6 +48,7 @@ BLOCK_UPSTREAM = 4   # the upstream is not taking the body as fast as it arrives
 BLOCK_WRITE = 8      # the client is not reading its responses: read no more requests from it
 BLOCK_UPGRADE = 16   # an upgrade request waits for the upstream's answer
 BODY_BUFFER_LIMIT = 256 * 1024
+HOST_CACHE_SIZE = 4096  # distinct Host values remembered per worker (cleared when full)
 
 _HOST = re.compile(rb"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?$")
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:/+=-]{1,200}$")
@@ -75,7 +76,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
-        "dispatching", "write_paused", "rejected", "host_raw", "host_name", "feeding", "tunnel", "app_cache", "tls", "sni",
+        "dispatching", "write_paused", "rejected", "feeding", "tunnel", "app_cache", "tls", "sni",
         "held",
     )
 
@@ -98,8 +99,6 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.head_raw = 0    # bytes received while a head was incomplete; bounds a head that never ends
         self.feeding = 0     # size of the data being parsed now
-        self.host_raw: bytes | None = b"\x00"  # the last Host seen, and what it normalized to
-        self.host_name = ""
         self.app_cache: tuple | None = None
         self.tunnel: Exchange | None = None  # a switched (WebSocket) connection: bytes pass through
         self.held: bytes | None = None       # bytes after an upgrade request, until the upstream answers
@@ -350,9 +349,9 @@ class ClientConnection(asyncio.Protocol):
             elif request.method != "CONNECT":
                 raise RequestRejected(400, "request target must start with '/'")
         host = request.host_header
-        if host == self.host_raw:  # keep-alive clients repeat their Host: normalize it once
-            request.host = self.host_name
-        else:
+        hosts = self.worker.hosts
+        hostname = hosts.get(host) if host is not None else None
+        if hostname is None:  # a Host not seen yet by this worker: check and normalize it once
             if host is None:
                 if request.version == "1.1":
                     raise RequestRejected(400, "HTTP/1.1 request without a Host header")
@@ -364,8 +363,11 @@ class ClientConnection(asyncio.Protocol):
                 hostname = hostname[: hostname.find("]") + 1]
             else:
                 hostname = hostname.partition(":")[0]
-            request.host = self.host_name = hostname.rstrip(".")
-            self.host_raw = host
+            hostname = hostname.rstrip(".")
+            if len(hosts) >= HOST_CACHE_SIZE:
+                hosts.clear()
+            hosts[host] = hostname
+        request.host = hostname
         cut = target.find(b"?")
         if cut < 0:
             request.uri_path = target.decode("latin-1")

@@ -71,7 +71,8 @@ class Worker:
         self.control: asyncio.AbstractServer | None = None
         self.draining = False
         self.metrics = Metrics()
-        self.access_log = AccessLog(access_log)
+        self.access_log = AccessLog(access_log, index)
+        self.hosts: dict[bytes, str] = {}  # Host header → normalized host name, for every connection
         self.tasks: set[asyncio.Task] = set()
         self.signature: tuple = ()
         self.request_prefix = os.urandom(8).hex().encode()
@@ -99,29 +100,23 @@ class Worker:
         upstream_seconds = now - exchange.sent_at if exchange.sent_at else 0.0
         self.metrics.record(app, exchange.status, upstream if exchange.sent_at else None, upstream_seconds)
         if self.access_log.enabled and exchange.runtime.access_log.enabled:
-            start = exchange.started
+            endpoint = exchange.endpoint
+            # Raw values only: formatting waits for the batch (see AccessLog.encode).
             self.access_log.append((
-                time.time() - (now - exchange.started), request.request_id.decode("latin-1"), self.client_ip(exchange),
-                request.method, request.host, request.uri, exchange.status, request.body_size + exchange.bytes_in,
-                exchange.bytes_out, app, exchange.rule, upstream,
-                exchange.endpoint.label if exchange.endpoint is not None else None,
-                exchange.upstream_status or None, round((now - start) * 1000, 3),
-                round((exchange.connected_at - start) * 1000, 3) if exchange.connected_at else None,
-                round(upstream_seconds * 1000, 3) if exchange.sent_at else None,
-                exchange.error or None, self.index, exchange.runtime.version,
+                exchange.started, now, request.request_id, request.client_ip, request.method, request.host,
+                request.target, exchange.status, request.body_size + exchange.bytes_in, exchange.bytes_out,
+                app, exchange.rule, upstream, endpoint.label if endpoint is not None else None,
+                exchange.upstream_status, exchange.connected_at, exchange.sent_at, exchange.error,
+                exchange.runtime.version,
             ))
-
-    @staticmethod
-    def client_ip(exchange: Exchange) -> str:
-        return exchange.request.client_ip or exchange.client.peer_ip.decode()
 
     def log_rejection(self, client: ClientConnection, rejection: Rejection) -> None:
         self.metrics.record("-", rejection.status, None, 0.0)
         if self.access_log.enabled:
+            now = time.monotonic()
             self.access_log.append((
-                time.time(), None, client.peer_ip.decode(), None, None, None, rejection.status, 0, 0,
-                "-", -1, None, None, None, 0.0, None, None, rejection.cause, self.index,
-                self.runtime.version,
+                now, now, b"", client.peer_ip.decode(), None, None, None, rejection.status, 0, 0,
+                "-", -1, None, None, 0, 0.0, 0.0, rejection.cause, self.runtime.version,
             ))
 
     # --- configuration -----------------------------------------------------------------
