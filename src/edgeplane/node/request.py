@@ -67,7 +67,7 @@ class Request:
     _path: str | None = None
     _args: dict[str, list[str]] | None = None
     _cookies: dict[str, str] | None = None
-    _lookup: dict[str, list[str]] | None = None
+    _lookup: dict[bytes, list[bytes]] | None = None
 
     def __init__(self, start: float = 0.0, port: int = 0) -> None:
         self.headers: list[tuple[bytes, bytes]] = []
@@ -88,13 +88,15 @@ class Request:
         return self.target.decode("latin-1")
 
     def header(self, lname: str) -> list[str]:
-        """All values of a header, by lower-case name."""
-        if self._lookup is None:
-            lookup: dict[str, list[str]] = {}
+        """All values of a header, by lower-case name (only the asked-for ones are decoded)."""
+        lookup = self._lookup
+        if lookup is None:
+            lookup = {}
             for name, value in self.headers:
-                lookup.setdefault(name.decode("latin-1").lower(), []).append(value.decode("latin-1"))
+                lookup.setdefault(name.lower(), []).append(value)
             self._lookup = lookup
-        return self._lookup.get(lname, [])
+        values = lookup.get(lname.encode("latin-1"))
+        return [value.decode("latin-1") for value in values] if values else []
 
     def arg(self, name: str) -> list[str]:
         if self._args is None:
