@@ -1,7 +1,7 @@
 """Compile a validated `Config` into an immutable `Runtime`: what a worker serves with.
 
 Everything a request needs is prepared here once per config version: host tables per
-port (exact names in a dict, wildcards by suffix), each application's compiled rule
+port (`DomainTable`), each application's compiled rule
 chain, and each upstream's balancer over endpoints that outlive the runtime. A request
 holds the runtime it started with, so a swap never changes a request in flight.
 """
@@ -9,15 +9,17 @@ holds the runtime it started with, so a swap never changes a request in flight.
 from __future__ import annotations
 
 import hashlib
+import ssl
 from dataclasses import dataclass
 
 from ..lang.compile import CompileContext, compile_rules
 from ..model.config import AccessLog, Config, Limits, UpstreamTimeouts
 from ..model.load import dump
 from .balance import Balancer, make_balancer
+from .domains import DomainTable
 from .endpoints import EndpointRegistry
 from .locate import PrefixTable, locator
-from .tls import TlsPort, compile_tls
+from .tls import compile_tls
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,48 +38,16 @@ class AppRuntime:
     route: object
 
 
-class HostTable:
-    """Host → application for one port: exact hit, then longest wildcard suffix, then `*`."""
-
-    __slots__ = ("exact", "wildcards", "default")
-
-    def __init__(self) -> None:
-        self.exact: dict[str, AppRuntime] = {}
-        self.wildcards: dict[str, AppRuntime] = {}
-        self.default: AppRuntime | None = None
-
-    def add(self, domain: str, app: AppRuntime) -> None:
-        if domain == "*":
-            self.default = app
-        elif domain.startswith("*."):
-            self.wildcards[domain[1:]] = app
-        else:
-            self.exact[domain] = app
-
-    def lookup(self, host: str) -> AppRuntime | None:
-        app = self.exact.get(host)
-        if app is not None:
-            return app
-        if self.wildcards:
-            dot = host.find(".")
-            while dot >= 0:
-                app = self.wildcards.get(host[dot:])
-                if app is not None:
-                    return app
-                dot = host.find(".", dot + 1)
-        return self.default
-
-
 @dataclass(frozen=True, slots=True)
 class Runtime:
     version: str
     config: Config
     limits: Limits
     access_log: AccessLog
-    ports: dict[int, HostTable]
+    ports: dict[int, DomainTable[AppRuntime]]
     upstreams: dict[str, UpstreamRuntime]
     trusted: PrefixTable
-    tls: dict[int, TlsPort]
+    tls: dict[int, DomainTable[ssl.SSLContext]]
 
     def lookup(self, port: int, host: str) -> AppRuntime | None:
         table = self.ports.get(port)
@@ -107,14 +77,14 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
     context = CompileContext(
         timezone=settings.timezone,
         locate=locator([(entry.cidr, entry.location) for entry in settings.locations], settings.geoip_database))
-    ports: dict[int, HostTable] = {}
+    ports: dict[int, DomainTable[AppRuntime]] = {}
     for app in config.applications:
         if partition not in app.partitions:
             continue
         route = compile_rules(app.rules, upstreams, context, config.global_rules.before, config.global_rules.after)
         compiled = AppRuntime(app.name, route)
         for port in app.ports + app.https_ports:
-            table = ports.setdefault(port, HostTable())
+            table = ports.setdefault(port, DomainTable())
             for domain in app.domains:
                 table.add(domain, compiled)
     return Runtime(

@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable
 
 from ..model.config import Application, Certificate
+from .domains import DomainTable
 
 SNI_ATTRIBUTE = "edgeplane_sni"  # where the callback leaves the name a client asked for
 
@@ -43,43 +44,6 @@ def certificate_context(certificate: Certificate) -> ssl.SSLContext:
     return context
 
 
-class TlsPort:
-    """Server name → certificate context for one HTTPS port: exact name, then the longest
-    wildcard, then the application serving "*", else the first application on the port."""
-
-    __slots__ = ("exact", "wildcards", "default", "catch_all")
-
-    def __init__(self) -> None:
-        self.exact: dict[str, ssl.SSLContext] = {}
-        self.wildcards: dict[str, ssl.SSLContext] = {}
-        self.default: ssl.SSLContext | None = None
-        self.catch_all = False  # the default came from an application serving "*"
-
-    def add(self, domain: str, context: ssl.SSLContext) -> None:
-        if domain == "*":
-            if not self.catch_all:
-                self.default, self.catch_all = context, True
-            return
-        if self.default is None:
-            self.default = context
-        table, key = (self.wildcards, domain[1:]) if domain.startswith("*.") else (self.exact, domain)
-        table.setdefault(key, context)
-
-    def select(self, name: str | None) -> ssl.SSLContext | None:
-        if name:
-            name = name.lower().rstrip(".")
-            context = self.exact.get(name)
-            if context is not None:
-                return context
-            dot = name.find(".")
-            while dot >= 0:
-                context = self.wildcards.get(name[dot:])
-                if context is not None:
-                    return context
-                dot = name.find(".", dot + 1)
-        return self.default
-
-
 def certificate_names(certificate: Certificate) -> list[str]:
     """The DNS names the certificate is valid for (its subjectAltName), lower case."""
     from cryptography import x509
@@ -104,12 +68,13 @@ def covers(names: list[str], domain: str) -> bool:
     return not domain.startswith("*.") and bool(parent) and f"*.{parent}" in names
 
 
-def compile_tls(applications: list[Application], certificates: list[Certificate]) -> dict[int, TlsPort]:
+def compile_tls(applications: list[Application], certificates: list[Certificate]) -> dict[int, DomainTable[ssl.SSLContext]]:
     """The TLS ports of these applications; each domain gets the application's certificate
-    that is valid for it (the first one when none is)."""
+    that is valid for it (the first one when none is). A name no domain claims gets the
+    catch-all application's certificate, else the first application's."""
     by_name = {c.name: c for c in certificates}
     contexts: dict[str, tuple[ssl.SSLContext, list[str]]] = {}
-    ports: dict[int, TlsPort] = {}
+    ports: dict[int, DomainTable[ssl.SSLContext]] = {}
     for app in applications:
         if not app.https_ports:
             continue
@@ -121,11 +86,11 @@ def compile_tls(applications: list[Application], certificates: list[Certificate]
         for domain in app.domains:
             context = next((c for c, names in chosen if covers(names, domain)), chosen[0][0])
             for port in app.https_ports:
-                ports.setdefault(port, TlsPort()).add(domain, context)
+                ports.setdefault(port, DomainTable(first_is_default=True)).add(domain, context)
     return ports
 
 
-def front_context(current: Callable[[], dict[int, TlsPort]], port: int, ) -> ssl.SSLContext:
+def front_context(current: Callable[[], dict[int, DomainTable[ssl.SSLContext]]], port: int, ) -> ssl.SSLContext:
     """The context a listener is created with: it only picks the real one by SNI."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -133,7 +98,8 @@ def front_context(current: Callable[[], dict[int, TlsPort]], port: int, ) -> ssl
 
     def choose(ssl_object: ssl.SSLObject, server_name: str | None, _front: ssl.SSLContext) -> int | None:
         table = current().get(port)
-        selected = table.select(server_name) if table is not None else None
+        name = server_name.lower().rstrip(".") if server_name else ""
+        selected = table.lookup(name) if table is not None else None
         if selected is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         setattr(ssl_object, SNI_ATTRIBUTE, server_name or "")
