@@ -76,7 +76,7 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
-        "dispatching", "write_paused", "rejected", "feeding", "tunnel", "app_cache", "tls", "sni",
+        "dispatching", "write_paused", "rejected", "feeding", "completed", "tunnel", "app_cache", "tls", "sni",
         "held",
     )
 
@@ -99,6 +99,7 @@ class ClientConnection(asyncio.Protocol):
         self.in_head = False
         self.head_raw = 0    # bytes received while a head was incomplete; bounds a head that never ends
         self.feeding = 0     # size of the data being parsed now
+        self.completed = 0   # requests parsed to their end on this connection
         self.app_cache: tuple | None = None
         self.tunnel: Exchange | None = None  # a switched (WebSocket) connection: bytes pass through
         self.held: bytes | None = None       # bytes after an upgrade request, until the upstream answers
@@ -131,6 +132,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.feeding = len(data)
         head_in_progress = self.in_head
+        served_before = self.completed
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -143,7 +145,9 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self.reject(400, f"malformed request: {error}")
         else:
-            if self.in_head and head_in_progress:  # all of this packet belongs to one head
+            # Count the packet against an unfinished head when all of it belongs to that head:
+            # the head was already under way, or began this packet (no message ended in it).
+            if self.in_head and (head_in_progress or self.completed == served_before):
                 self.head_raw += len(data)
                 if self.head_raw > self.worker.runtime.limits.max_header_size:
                     self.reject(431, "request head larger than the node accepts")
@@ -391,6 +395,7 @@ class ClientConnection(asyncio.Protocol):
                 self.block(BLOCK_BODY)
 
     def on_message_complete(self) -> None:
+        self.completed += 1
         request = self.current
         self.current = None
         request.complete = True
