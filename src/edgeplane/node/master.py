@@ -52,12 +52,15 @@ class Master:
     async def ask(self, index: int, timeout: float = 2.0) -> dict | None:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.control_path(index)), timeout)
+        except (TimeoutError, OSError):
+            return None
+        try:
             writer.write(b"status\n")
-            line = await asyncio.wait_for(reader.readline(), timeout)
-            writer.close()
-            return json.loads(line)
+            return json.loads(await asyncio.wait_for(reader.readline(), timeout))
         except (TimeoutError, OSError, ValueError):
             return None
+        finally:
+            writer.close()
 
     async def wait_ready(self, index: int, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -177,6 +180,7 @@ class Master:
                 print(f"edgeplane node: worker {index} failed to start (exit code {code}); "
                       "see the messages above", file=sys.stderr)
                 await self.stop()
+                shutil.rmtree(self.run_dir, ignore_errors=True)
                 return 1
         if self.status_address:
             host, _, port = self.status_address.rpartition(":")
