@@ -4,7 +4,8 @@ All parsing of values (regexes, CIDRs, numbers, time zones, origins) happens her
 per config version; the callables only compare. With more than a few rules, an index picks
 the candidate rules of a request as a bitmask (exact paths by dict, prefixes by a table of
 lengths, every regex of the chain in one `RegexSet` scan per variable) and only those are
-evaluated, in order. A rule that changes the request makes the index look again, so the
+evaluated, in order (with fewer rules, every rule is a candidate). A rule that changes the
+request makes the index look again, so the
 result always equals evaluating every rule in turn. This module performs no I/O.
 """
 
@@ -539,9 +540,8 @@ def compile_rules(rules: list[Rule], upstreams: dict[str, Any], context: Compile
             mutates = any(action.kind in MUTATING_ACTIONS for action in rule.actions)
             chain.append(_Compiled(compile_conditions(rule.conditions, context), steps, rule.last,
                                    label_of(index), mutates, rule.conditions))
-    if len(chain) < INDEX_THRESHOLD:
-        return _linear_route(chain)
-    return _indexed_route(chain, RuleIndex(chain, context), context)
+    index = RuleIndex(chain, context) if len(chain) >= INDEX_THRESHOLD else None
+    return _route(chain, index, context)
 
 
 def _without_key(rule: _Compiled, context: CompileContext) -> Predicate | None:
@@ -551,28 +551,18 @@ def _without_key(rule: _Compiled, context: CompileContext) -> Predicate | None:
     return compile_conditions([c for c in rule.conditions if c is not key], context)
 
 
-def _linear_route(chain: list[_Compiled]) -> Callable[[Any, list], tuple[Any, Any]]:
-    compiled = tuple((c.matches, c.steps, c.last, c.label) for c in chain)
-
-    def route(request: Any, ops: list) -> tuple[Any, Any]:
-        for matches, steps, last, label in compiled:
-            if matches is None or matches(request):
-                for step in steps:
-                    outcome = step(request, ops)
-                    if outcome is not None:
-                        return label, outcome
-                if last:
-                    return label, None
-        return -1, None
-    return route
-
-
-def _indexed_route(chain: list[_Compiled], index: RuleIndex, context: CompileContext
-                   ) -> Callable[[Any, list], tuple[Any, Any]]:
-    # A candidate's key condition already holds (the index found it), so only the others run:
-    # an indexed regex is never searched twice, nor by `re` when Hyperscan found it.
-    compiled = tuple((_without_key(c, context), c.steps, c.last, c.label, c.mutates) for c in chain)
-    candidates = index.candidates
+def _route(chain: list[_Compiled], index: RuleIndex | None, context: CompileContext
+           ) -> Callable[[Any, list], tuple[Any, Any]]:
+    """Run the candidate rules in chain order. Without an index every rule is a candidate;
+    with one, a candidate's key condition already holds (the index found it), so only the
+    others run: an indexed regex is never searched twice, nor by `re` when Hyperscan found it."""
+    if index is None:
+        every = (1 << len(chain)) - 1
+        candidates: Callable[[Any], int] = lambda _request: every  # noqa: E731
+        compiled = tuple((c.matches, c.steps, c.last, c.label, c.mutates) for c in chain)
+    else:
+        candidates = index.candidates
+        compiled = tuple((_without_key(c, context), c.steps, c.last, c.label, c.mutates) for c in chain)
 
     def route(request: Any, ops: list) -> tuple[Any, Any]:
         mask = candidates(request)
