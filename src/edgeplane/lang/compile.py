@@ -5,8 +5,8 @@ per config version; the callables only compare. With more than a few rules, an i
 the candidate rules of a request as a bitmask (exact paths by dict, prefixes by a table of
 lengths, every regex of the chain in one `RegexSet` scan per variable) and only those are
 evaluated, in order (with fewer rules, every rule is a candidate). A rule that changes the
-request makes the index look again, so the
-result always equals evaluating every rule in turn. This module performs no I/O.
+request makes the index look again, so the result always equals evaluating every rule in
+turn. This module performs no I/O.
 """
 
 from __future__ import annotations
