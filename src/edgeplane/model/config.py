@@ -126,6 +126,16 @@ _CLOCK_FORMATS = {
 }
 
 
+def check_cidrs(networks: list[str], field: str) -> None:
+    """Each entry must be a network (10.0.0.0/8, 2001:db8::/32) or a single address."""
+    for index, network in enumerate(networks):
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            where = f"{field}[{index}]: " if len(networks) > 1 or field else ""
+            raise ValueError(f"{where}expected a CIDR such as 10.0.0.0/8, got {network!r}") from None
+
+
 def check_timezone(name: str) -> str:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
     try:
@@ -166,11 +176,7 @@ class Condition(Model):
                 except re.error as error:
                     raise ValueError(f"values[{index}]: invalid regex: {error}") from None
         if self.op in ("cidr", "not-cidr"):
-            for index, network in enumerate(self.values):
-                try:
-                    ipaddress.ip_network(network, strict=False)
-                except ValueError:
-                    raise ValueError(f"values[{index}]: expected a CIDR such as 10.0.0.0/8") from None
+            check_cidrs(self.values, "values")
         if self.var in CLOCK_VARIABLES:
             pattern, expected = _CLOCK_FORMATS[self.var]
             for index, value in enumerate(self.values):
@@ -558,10 +564,7 @@ class Location(Model):
     @field_validator("cidr")
     @classmethod
     def _cidr(cls, value: str) -> str:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError("expected a CIDR such as 10.0.0.0/8") from None
+        check_cidrs([value], "")
         return value
 
 
@@ -581,11 +584,7 @@ class Settings(Model):
     @field_validator("trusted_proxies")
     @classmethod
     def _proxies(cls, value: list[str]) -> list[str]:
-        for index, network in enumerate(value):
-            try:
-                ipaddress.ip_network(network, strict=False)
-            except ValueError:
-                raise ValueError(f"[{index}]: expected a CIDR such as 10.0.0.0/8") from None
+        check_cidrs(value, "")
         return value
 
 

@@ -20,10 +20,9 @@ import httptools
 from ..lang.compile import LocalResponse
 from .exchange import Exchange
 from .locate import real_client
-from .request import Request
+from .request import Request, normalize_host
 from .tls import SNI_ATTRIBUTE
 from .wire import (
-    COMMON_CONNECTION,
     CONNECTION,
     EXPECT,
     FORWARDED_FOR,
@@ -287,9 +286,7 @@ class ClientConnection(asyncio.Protocol):
         elif cls == UPGRADE:
             request.upgrade = value
         elif cls == CONNECTION:
-            tokens = COMMON_CONNECTION.get(value)
-            if tokens is None:
-                tokens = connection_tokens(value)
+            tokens = connection_tokens(value)
             if b"upgrade" in tokens:
                 request.connection_upgrade = True
             extra = [t for t in tokens if t not in (b"close", b"keep-alive", b"upgrade")]
@@ -362,12 +359,7 @@ class ClientConnection(asyncio.Protocol):
                 request.host_header = host = b""
             elif not _HOST.match(host):
                 raise RequestRejected(400, "invalid Host header")
-            hostname = host.decode("latin-1").lower()
-            if hostname.startswith("["):
-                hostname = hostname[: hostname.find("]") + 1]
-            else:
-                hostname = hostname.partition(":")[0]
-            hostname = hostname.rstrip(".")
+            hostname = normalize_host(host)
             if len(hosts) >= HOST_CACHE_SIZE:
                 hosts.clear()
             hosts[host] = hostname
@@ -423,7 +415,7 @@ class ClientConnection(asyncio.Protocol):
                 self.active.start()
         finally:
             self.dispatching = False
-        if self.active is None and self.current is None and not self.queue and not self.closing:
+        if self.idle and not self.closing:
             self.deadline = monotonic() + self.worker.runtime.limits.keepalive_timeout
 
     def exchange_finished(self, exchange: Exchange, keep_alive: bool) -> None:
@@ -449,6 +441,11 @@ class ClientConnection(asyncio.Protocol):
         app = runtime.lookup(self.port, host)
         self.app_cache = (runtime, host, app)
         return app
+
+    @property
+    def idle(self) -> bool:
+        """Between requests: nothing being parsed, answered or waiting."""
+        return self.current is None and self.active is None and not self.queue
 
     def may_keep_alive(self, request: Request) -> bool:
         return (request.keep_alive and not self.worker.draining and not self.closing
@@ -505,7 +502,7 @@ class ClientConnection(asyncio.Protocol):
             return  # (while the node itself is not reading, the client cannot be late)
         self.deadline = 0.0
         limits = self.worker.runtime.limits
-        if self.current is None and self.active is None and not self.queue:
+        if self.idle:
             self.close()
         elif self.in_head:
             self.reject(408, f"request headers not received within {limits.client_header_timeout:g}s")

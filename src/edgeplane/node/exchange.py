@@ -15,23 +15,25 @@ from typing import TYPE_CHECKING
 
 from ..lang.compile import LocalResponse
 from .mirror import MirrorExchange
-from .upstream import UpstreamConnection
+from .upstream import UpstreamConnection, open_connection
 from .wire import (
-    COMMON_CONNECTION,
     CONNECTION,
     LENGTH,
-    RESPONSE_CLASSES,
     SPELLINGS,
     TRANSFER,
     UPGRADE,
     apply_header_ops,
     connection_header,
     connection_tokens,
+    end_to_end_lines,
     error_response,
     header_class,
     request_head,
     serialize_local,
     status_line,
+)
+from .wire import (
+    chunk as chunk_of,
 )
 
 if TYPE_CHECKING:
@@ -163,15 +165,11 @@ class Exchange:
             self.client.worker.spawn(self.open(endpoint))
 
     async def open(self, endpoint: Endpoint) -> None:
-        loop = asyncio.get_running_loop()
         timeout = self.upstream.timeouts.connect
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.address, endpoint.port),
-                timeout or None)
+            connection = await open_connection(endpoint, timeout)
         except (TimeoutError, OSError) as error:
             timed_out = isinstance(error, asyncio.TimeoutError)
-            endpoint.failed(monotonic())
             if self.done:
                 return
             self.timed_out = timed_out
@@ -180,7 +178,6 @@ class Exchange:
             self.tried += (endpoint,)
             self.connect()
             return
-        endpoint.connects += 1
         if self.done:
             endpoint.give_back(connection, monotonic())
             return
@@ -248,8 +245,8 @@ class Exchange:
         for upstream in mirrors:
             MirrorExchange(worker, upstream, request, self.client.peer_ip, body).start()
 
-    def encode_body(self, chunk: bytes) -> bytes:
-        return b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.request.chunked else chunk
+    def encode_body(self, data: bytes) -> bytes:
+        return chunk_of(data) if self.request.chunked else data
 
     def body_end(self) -> bytes:
         request = self.request
@@ -322,10 +319,7 @@ class Exchange:
                     return
                 chunked = True
             elif cls == CONNECTION:
-                tokens = COMMON_CONNECTION.get(pair[1])
-                if tokens is None:
-                    tokens = connection_tokens(pair[1])
-                dropped += [t for t in tokens if t not in NOT_DROPPABLE]
+                dropped += [t for t in connection_tokens(pair[1]) if t not in NOT_DROPPABLE]
         if dropped:
             kept = [h for h in kept if h[0].lower() not in dropped]
         if self.ops:
@@ -348,21 +342,14 @@ class Exchange:
         parts.append(b"\r\n")
         self.pending_head = b"".join(parts)
         if request.method == "HEAD":
-            # httptools cannot be told this response has no body; end it here.
-            connection = self.conn
-            keep_upstream = connection.parser.should_keep_alive()
-            connection.restart_parser()
-            self.response_complete(keep_upstream)
+            self.response_complete(self.conn.end_bodiless_response())
 
     # --- WebSocket: after a 101 the exchange is a byte tunnel until either side closes ------
 
     def switch_protocols(self, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
         self.switching = True
         self.status = self.upstream_status = 101
-        parts = [status_line(101, reason)]
-        for name, value in headers:
-            if header_class(name) not in RESPONSE_CLASSES:
-                parts += (name, b": ", value, b"\r\n")
+        parts = [status_line(101, reason), *end_to_end_lines(headers)]
         parts.append(b"Connection: Upgrade\r\nUpgrade: %s\r\n\r\n" % self.request.upgrade)
         head = b"".join(parts)
         self.head_sent = True
@@ -405,17 +392,13 @@ class Exchange:
             return
         if status == 100:
             self.continue_sent = True
-        parts = [status_line(status, reason)]
-        for name, value in headers:
-            if header_class(name) not in RESPONSE_CLASSES:
-                parts += (name, b": ", value, b"\r\n")
-        parts.append(b"\r\n")
+        parts = [status_line(status, reason), *end_to_end_lines(headers), b"\r\n"]
         self.client.write(b"".join(parts))
 
-    def response_body(self, chunk: bytes) -> None:
+    def response_body(self, data: bytes) -> None:
         if self.head_only:
             return
-        data = b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunk_out else chunk
+        data = chunk_of(data) if self.chunk_out else data
         if self.pending_head is not None:
             data = self.pending_head + data
             self.pending_head = None

@@ -8,11 +8,10 @@ Mirrored requests carry `X-Edgeplane-Mirror: 1` so the shadow service can tell.
 
 from __future__ import annotations
 
-import asyncio
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from .upstream import UpstreamConnection
+from .upstream import UpstreamConnection, open_connection
 from .wire import request_head
 
 if TYPE_CHECKING:
@@ -51,16 +50,11 @@ class MirrorExchange:
             self.worker.spawn(self.open(endpoint))
 
     async def open(self, endpoint: Endpoint) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.address, endpoint.port),
-                self.upstream.timeouts.connect or None)
+            connection = await open_connection(endpoint, self.upstream.timeouts.connect)
         except (TimeoutError, OSError):
-            endpoint.failed(monotonic())
             self.done("connect-failed")
             return
-        endpoint.connects += 1
         self.attach(connection)
 
     def attach(self, connection: UpstreamConnection) -> None:
@@ -84,9 +78,7 @@ class MirrorExchange:
             return
         self.final_head = True
         if self.head_only:
-            keep = self.conn.parser.should_keep_alive()
-            self.conn.restart_parser()
-            self.response_complete(keep)
+            self.response_complete(self.conn.end_bodiless_response())
 
     def response_body(self, chunk: bytes) -> None:
         return  # discarded by design: the shadow's answer goes nowhere

@@ -33,6 +33,14 @@ def normalize_path(raw: str) -> str:
     return "/" + "/".join(out) + trailing
 
 
+def normalize_host(raw: bytes) -> str:
+    """A Host value as rules and host tables see it: lower case, no port, no trailing dot
+    (an IPv6 literal keeps its brackets)."""
+    host = raw.decode("latin-1").lower()
+    host = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
+    return host.rstrip(".")
+
+
 class Request:
     """Class attributes are the defaults; a request sets only what differs, which keeps the
     per-request cost to a few assignments (this object is made for every request)."""
@@ -130,7 +138,7 @@ class Request:
 
     def set_host(self, value: bytes) -> None:
         self.host_header = value
-        self.host = value.decode("latin-1").lower().partition(":")[0]
+        self.host = normalize_host(value)
 
     def variable(self, name: str) -> list[str]:
         value = self.variables.get(name) if self.variables else None

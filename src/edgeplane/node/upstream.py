@@ -8,6 +8,7 @@ retry decisions: those belong to `exchange.py`.
 from __future__ import annotations
 
 import asyncio
+from time import monotonic
 from typing import TYPE_CHECKING
 
 import httptools
@@ -144,9 +145,12 @@ class UpstreamConnection(asyncio.Protocol):
         if self.reading_paused:  # a pooled connection must not stay paused for its next user
             self.resume_reading()
 
-    def restart_parser(self) -> None:
-        """A response without a body the parser knows of (HEAD): start the next one afresh."""
+    def end_bodiless_response(self) -> bool:
+        """A response the parser cannot know has no body (to HEAD) ends at its head: start
+        the next one with a fresh parser. Returns whether the connection may be reused."""
+        keep = self.parser.should_keep_alive()
         self.parser = httptools.HttpResponseParser(self)
+        return keep
 
     def reusable(self) -> bool:
         return not (self.closed or self.poisoned) and not self.transport.is_closing()
@@ -156,3 +160,18 @@ class UpstreamConnection(asyncio.Protocol):
             self.closed = True
             if self.transport is not None:
                 self.transport.close()
+
+
+async def open_connection(endpoint: Endpoint, timeout: float) -> UpstreamConnection:
+    """A new connection to an endpoint, counted; a failure (OSError, TimeoutError) counts
+    against the endpoint's passive health before it is raised."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, connection = await asyncio.wait_for(
+            loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.address, endpoint.port),
+            timeout or None)
+    except (TimeoutError, OSError):
+        endpoint.failed(monotonic())
+        raise
+    endpoint.connects += 1
+    return connection

@@ -70,14 +70,34 @@ def header_class(name: bytes) -> int:
     return cls or 0
 
 
-def connection_tokens(value: bytes) -> list[bytes]:
+def _split_tokens(value: bytes) -> list[bytes]:
     return [token.strip().lower() for token in value.split(b",") if token.strip()]
 
 
 # The Connection values nearly every message carries, already split.
-COMMON_CONNECTION = {spelling: connection_tokens(spelling) for spelling in (
+_COMMON_CONNECTION = {spelling: _split_tokens(spelling) for spelling in (
     b"keep-alive", b"Keep-Alive", b"close", b"Close", b"Upgrade", b"upgrade", b"keep-alive, Upgrade",
     b"Upgrade, Keep-Alive", b"Keep-Alive, Upgrade")}
+
+
+def connection_tokens(value: bytes) -> list[bytes]:
+    """The lower-case options of a Connection header (the common values are pre-split)."""
+    tokens = _COMMON_CONNECTION.get(value)
+    return tokens if tokens is not None else _split_tokens(value)
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def end_to_end_lines(headers: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """Header lines of a response without its hop-by-hop and framing headers."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        if header_class(name) not in RESPONSE_CLASSES:
+            parts += (name, b": ", value, b"\r\n")
+    return parts
 
 
 _REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}

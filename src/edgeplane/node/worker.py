@@ -290,7 +290,7 @@ class Worker:
             if server is not None:
                 server.close()
         for connection in list(self.connections):
-            if connection.active is None and connection.current is None and not connection.queue:
+            if connection.idle:
                 connection.close()
         self.stopped.set()
 
@@ -298,7 +298,7 @@ class Worker:
         deadline = time.monotonic() + self.runtime.limits.drain_timeout
         while self.connections and time.monotonic() < deadline:
             for connection in list(self.connections):
-                if connection.active is None and connection.current is None and not connection.queue:
+                if connection.idle:
                     connection.close()
             await asyncio.sleep(0.05)
         for connection in list(self.connections):
