@@ -4,10 +4,12 @@ break, housekeeping a bad reload could stop, and configs that could inject into 
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -41,6 +43,9 @@ class ScriptedUpstream:
                 self.received += conn.recv(65536)
             threading.Thread(target=self.keep_reading, args=(conn,), daemon=True).start()
             for step in self.script:
+                if step == "reset":  # an abortive close: the peer sees a reset, not an end
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 if isinstance(step, bytes):
                     conn.sendall(step)
                 else:
@@ -213,3 +218,49 @@ def test_an_absolute_form_target_with_an_ipv6_host_is_routed(node, echo):
     port = proxied_to(node, echo("v6").port)
     answer = raw_exchange(port, b"GET http://[::1]:8080/x HTTP/1.1\r\nHost: ignored\r\nConnection: close\r\n\r\n")
     assert answer.startswith(b"HTTP/1.1 200 ") and b'"host": "[::1]:8080"' in answer
+
+
+def test_a_reset_in_a_close_delimited_body_cuts_the_response_instead_of_ending_it(node):
+    upstream = ScriptedUpstream([b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npartial", 0.3, "reset"])
+    port = proxied_to(node, upstream.port)
+    answer = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"partial" in answer
+    assert not answer.endswith(b"0\r\n\r\n")  # no clean end of the chunked body: the client knows it is cut
+
+
+def test_a_request_retried_on_a_fresh_connection_is_mirrored_once(node, backend, echo):
+    from backends import ON_NEXT_REQUEST
+    main, shadow = backend(one_shot=ON_NEXT_REQUEST), echo("shadow")
+    port = free_port()
+    node({"upstreams": [{"name": "main", "servers": [{"address": "127.0.0.1", "port": main.port}]},
+                        {"name": "shadow", "servers": [shadow.server()]}],
+          "applications": [{"name": "a", "domains": ["*"], "ports": [port],
+                            "rules": [{"actions": [{"mirror": {"upstream": "shadow"}}, {"proxy": {"upstream": "main"}}]}]}]})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    for _ in range(10):  # every request after the first meets a dead pooled connection and is retried
+        conn.request("GET", "/", headers={"Host": "a"})
+        assert conn.getresponse().read() is not None
+    assert main.stats()["dropped"] == 9
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        conn2 = http.client.HTTPConnection("127.0.0.1", shadow.port, timeout=5)
+        conn2.request("GET", "/__echo/requests")
+        seen = json.loads(conn2.getresponse().read())["requests"]
+        conn2.close()
+        if len(seen) >= 10:
+            break
+        time.sleep(0.1)
+    assert len(seen) == 10
+
+
+def test_a_stalled_client_does_not_hold_a_drain_past_its_own_deadline(node, echo):
+    port = free_port()
+    started = node(app_config([echo("d").server()], port,
+                              settings={"limits": {"client_header_timeout": "500ms", "drain_timeout": "20s"}}))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")  # a head that never ends
+        time.sleep(0.1)
+        began = time.monotonic()
+        started.proc.send_signal(signal.SIGTERM)
+        started.proc.wait(15)
+    assert time.monotonic() - began < 5
