@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Tests wait on sockets and processes more than on the CPU: three pytest workers fit two cores.
+TEST_WORKERS ?= 3
 
 .PHONY: run test bench bench-rules lint clean
 
@@ -18,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/edgeplane up --config examples/quickstart.yaml --bind 127.0.0.1 --demo-backend 127.0.0.1:9001
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
