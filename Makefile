@@ -6,7 +6,10 @@ STAMP := $(VENV)/.installed
 # Tests wait on sockets and processes more than on the CPU: three pytest workers fit two cores.
 TEST_WORKERS ?= 3
 
-.PHONY: run test bench bench-rules lint clean
+.PHONY: run test bench bench-rules bench-tls lint clean test-tools
+# apt-get, as root or through sudo; the package lists are refreshed only if an install needs it.
+APT_INSTALL = sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
+	$$sudo apt-get install -y --no-install-recommends $(1) || { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(1); }
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +22,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/edgeplane up --config examples/quickstart.yaml --bind 127.0.0.1 --demo-backend 127.0.0.1:9001
 
-test: $(STAMP)
+# What the tests run besides Python: pebble (the ACME test server of tests/test_acme.py).
+test-tools:
+	@command -v pebble >/dev/null 2>&1 || { $(call APT_INSTALL,pebble); }
+
+test: $(STAMP) test-tools
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) tests
 
 lint: $(STAMP)
@@ -27,6 +34,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	bash bench/run.sh
+
+bench-tls: $(STAMP)
+	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || { $(call APT_INSTALL,nginx-light); }
+	$(BIN)/python bench/tls.py
 
 bench-rules: $(STAMP)
 	$(BIN)/python bench/rules.py

@@ -32,6 +32,8 @@ from edgeplane.model.config import (
     Deny,
     HashKey,
     HeaderName,
+    Hsts,
+    HttpsRedirect,
     Mirror,
     Operator,
     Proxy,
@@ -162,6 +164,10 @@ EVERY_ACTION = [
           expose_headers=["X-B", "X-C"], allow_credentials=True, max_age=600)),
     ('cors "*" allow-methods none', Cors(allow_origins=["*"], allow_methods=[])),
     ('set-var "tier" "gold"', SetVar(name="tier", value="gold")),
+    ("https-redirect", HttpsRedirect()),
+    ("https-redirect 308 port 8443", HttpsRedirect(status=308, port=8443)),
+    ("hsts", Hsts()),
+    ("hsts max-age 600 include-subdomains preload", Hsts(max_age=600, include_subdomains=True, preload=True)),
 ]
 
 
@@ -344,6 +350,9 @@ ACTION_STRATEGIES = {
                       max_age=_maybe(st.integers(0, 10**6))),
     "set-var": st.builds(SetVar, name=st.from_regex(_pattern(SetVar.model_fields["name"].metadata), fullmatch=True),
                          value=TEXT),
+    "https-redirect": st.builds(HttpsRedirect, status=st.sampled_from(_literals(HttpsRedirect.model_fields["status"].annotation)),
+                                port=_maybe(st.integers(1, 65535))),
+    "hsts": st.builds(Hsts, max_age=st.integers(0, 10**9), include_subdomains=st.booleans(), preload=st.booleans()),
 }
 
 

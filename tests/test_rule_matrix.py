@@ -48,6 +48,10 @@ CASES = [
     ({"var": "location", "op": "eq", "values": ["loopback"]}, ("GET", "/", {}), None),
     ({"var": "http-version", "op": "eq", "values": ["1.0"]}, ("GET", "/", {}, "1.0"), ("GET", "/", {})),
     ({"var": "tls-sni", "op": "missing"}, ("GET", "/", {}), None),
+    # The TLS variables on a plain port (tests/test_tls_policy.py, test_ja4.py, test_mtls.py: over TLS).
+    *[({"var": var, "op": "missing"}, ("GET", "/", {}), None) for var in (
+        "tls-version", "ja4", "tls-client-identity", "tls-client-uri", "tls-client-dns", "tls-client-cn",
+        "tls-client-fingerprint")],
     ({"var": "time", "op": "ge", "values": ["00:00"]}, ("GET", "/", {}), None),
     ({"var": "time", "op": "lt", "values": ["00:00"]}, None, ("GET", "/", {})),
     ({"var": "weekday", "op": "in", "values": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]}, ("GET", "/", {}), None),

@@ -47,7 +47,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     from .node.master import Master
     access_log = None if args.access_log == "off" else args.access_log
-    master = Master(args.config, args.workers, args.bind, args.status, args.partition, access_log)
+    master = Master(args.config, args.workers, args.bind, args.status, args.partition, access_log, args.data_dir)
     return uvloop.run(master.run())
 
 
@@ -242,6 +242,8 @@ def parser() -> argparse.ArgumentParser:
     node = sub.add_parser("node", help="run a gateway node")
     node_flags(node)
     node.add_argument("--partition", default="default", help="serve the applications bound to this partition")
+    node.add_argument("--data-dir", default=os.environ.get("EDGEPLANE_DATA_DIR", "edgeplane-data"),
+                      help="where the node keeps what it makes itself (ACME account and certificates)")
     node.set_defaults(run=cmd_node)
 
     up = sub.add_parser("up", help="start every role on one machine (the quickstart)")

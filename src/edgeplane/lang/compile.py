@@ -31,6 +31,8 @@ from ..model.config import (
     Condition,
     Cors,
     Deny,
+    Hsts,
+    HttpsRedirect,
     Mirror,
     Proxy,
     Redirect,
@@ -101,12 +103,29 @@ def _clock(kind: str, zone: ZoneInfo) -> Getter:
     return now
 
 
+# Variables of the TLS connection (`request.tls`, absent on plain ports): how to read each,
+# and its value without TLS. The client certificate ones are empty unless one was verified.
+_TLS_VARIABLES: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    "tls-sni": (lambda tls: tls.sni, ""),
+    "tls-version": (lambda tls: tls.version, ""),
+    "ja4": (lambda tls: tls.ja4, ""),
+    "tls-client-identity": (lambda tls: tls.identity.primary, ""),
+    "tls-client-uri": (lambda tls: tls.identity.uris, []),
+    "tls-client-dns": (lambda tls: tls.identity.dns, []),
+    "tls-client-cn": (lambda tls: tls.identity.cn, ""),
+    "tls-client-fingerprint": (lambda tls: tls.identity.fingerprint, ""),
+}
+
+
 def variable_getter(condition: Condition, context: CompileContext) -> Getter:
     var, name = condition.var, condition.name
     simple = {"host": "host", "scheme": "scheme", "method": "method", "uri": "uri", "path": "path",
-              "query": "query", "client-ip": "client_ip", "http-version": "version", "tls-sni": "sni"}
+              "query": "query", "client-ip": "client_ip", "http-version": "version"}
     if var in simple:
         return _attribute(simple[var])
+    if var in _TLS_VARIABLES:
+        read, absent = _TLS_VARIABLES[var]
+        return lambda request: read(request.tls) if request.tls is not None else absent
     if var == "header":
         lname = name.lower()
         return lambda request: request.header(lname)
@@ -305,6 +324,25 @@ def _redirect_step(action: Redirect) -> Step:
     return redirect
 
 
+def _https_redirect_step(action: HttpsRedirect) -> Step:
+    redirect = _redirect_step(Redirect(status=action.status, scheme="https", port=action.port))
+
+    def to_https(request: Any, ops: list) -> LocalResponse | None:
+        return redirect(request, ops) if request.scheme == "http" else None
+    return to_https
+
+
+def _hsts_step(action: Hsts) -> Step:
+    value = f"max-age={action.max_age}" + ("; includeSubDomains" if action.include_subdomains else "") + (
+        "; preload" if action.preload else "")
+    op = ("set", b"strict-transport-security", b"Strict-Transport-Security", value.encode())
+
+    def hsts(request: Any, ops: list) -> None:
+        if request.scheme == "https":  # RFC 6797 §7.2: never over plain HTTP
+            ops.append(op)
+    return hsts
+
+
 def _respond_step(action: Respond) -> Step:
     headers = [(b"Content-Type", action.content_type.encode("latin-1"))]
     headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in action.headers.items()]
@@ -416,7 +454,8 @@ def compile_action(action: Any, upstreams: dict[str, Any]) -> Step:
         name, value = action.name, action.value
         return lambda request, _ops: request.set_variable(name, value)
     simple = {RewritePath: _rewrite_step, RewriteQuery: _rewrite_query_step, Redirect: _redirect_step,
-              Respond: _respond_step, Deny: _deny_step, Cors: _cors_step}
+              Respond: _respond_step, Deny: _deny_step, Cors: _cors_step, HttpsRedirect: _https_redirect_step,
+              Hsts: _hsts_step}
     if type(action) in simple:
         return simple[type(action)](action)
     if isinstance(action, Split):

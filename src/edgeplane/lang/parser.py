@@ -106,6 +106,7 @@ _FLAGS = {
     "top": ("top", True), "last": ("last", True), "disabled": ("enabled", False),
     "caseless": ("caseless", True), "drop_query": ("keep_query", False),
     "allow_credentials": ("allow_credentials", True), "no_allow_methods": ("allow_methods", []),
+    "include_subdomains": ("include_subdomains", True), "preload": ("preload", True),
 }
 _ESCAPE = re.compile(r'\\(?:([\\"])|([nrt])|x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|(.))')
 _CONTROL = {"n": "\n", "r": "\r", "t": "\t"}

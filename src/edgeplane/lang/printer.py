@@ -198,4 +198,6 @@ LAYOUT: dict[str, tuple[Part, ...]] = {
              _option("allow_headers", _strings), _option("expose_headers", _strings),
              Flag("allow_credentials", "allow-credentials"), _option("max_age", str)),
     "set-var": _NAME_VALUE,
+    "https-redirect": (Part("status", render=str, always=True), _option("port", str)),
+    "hsts": (_option("max_age", str), Flag("include_subdomains", "include-subdomains"), Flag("preload", "preload")),
 }

@@ -93,6 +93,7 @@ class Upstream(Model):
     host: HostText | None = Field(None, description="Host sent upstream; the client's when unset")
     pool: Pool = Pool()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    tls: UpstreamTls | None = Field(None, description="speak TLS to the servers (HTTPS upstream)")
 
     @model_validator(mode="after")
     def _hash_needs_key(self) -> Upstream:
@@ -108,7 +109,8 @@ class Upstream(Model):
 Variable = Literal[
     "host", "scheme", "method", "uri", "path", "query", "arg", "header", "cookie",
     "client-ip", "location", "http-version", "tls-sni", "time", "weekday", "date", "random",
-    "var",
+    "var", "tls-version", "ja4", "tls-client-identity", "tls-client-uri", "tls-client-dns",
+    "tls-client-cn", "tls-client-fingerprint",
 ]
 NAMED_VARIABLES = {"arg", "header", "cookie", "var"}
 CLOCK_VARIABLES = {"time", "weekday", "date"}
@@ -403,6 +405,23 @@ class Redirect(Action):
         return self
 
 
+class HttpsRedirect(Action):
+    """Send a plain-HTTP request to the same URL over HTTPS; requests already on HTTPS go on."""
+
+    kind = "https-redirect"
+    status: Literal[301, 302, 307, 308] = 301
+    port: Port | None = Field(None, description="the HTTPS port; 443 (left out of the URL) when unset")
+
+
+class Hsts(Action):
+    """Add Strict-Transport-Security to responses sent over HTTPS (never over plain HTTP)."""
+
+    kind = "hsts"
+    max_age: int = Field(31536000, ge=0, description="seconds browsers remember to use HTTPS only")
+    include_subdomains: bool = False
+    preload: bool = False
+
+
 class Respond(Action):
     kind = "respond"
     status: int = Field(200, ge=200, le=599)
@@ -423,7 +442,7 @@ ACTIONS: dict[str, type[Action]] = {
     for cls in (
         Proxy, Split, Mirror, Deny, SetRequestHeader, AddRequestHeader, RemoveRequestHeader,
         SetResponseHeader, AddResponseHeader, RemoveResponseHeader, RewritePath, RewriteQuery,
-        Redirect, Respond, Cors, SetVar,
+        Redirect, Respond, Cors, SetVar, HttpsRedirect, Hsts,
     )
 }
 TERMINAL_ACTIONS = ("proxy", "split", "redirect", "respond", "deny")
@@ -464,22 +483,135 @@ class Rule(Model):
         return self
 
 
+# --- TLS -----------------------------------------------------------------------------
+
+TlsVersion = Literal["1.2", "1.3"]
+
+
+def check_pem_or_file(pem: str | None, path: str | None, what: str) -> None:
+    if (pem is None) == (path is None):
+        raise ValueError(f"give exactly one of {what} (PEM text) or {what}_file")
+    if pem is not None:
+        from cryptography import x509
+        try:
+            x509.load_pem_x509_certificates(pem.encode())
+        except ValueError as error:
+            raise ValueError(f"{what}: not PEM certificates ({error})") from None
+
+
+def check_ciphers(ciphers: str | None) -> str | None:
+    if ciphers is not None:
+        import ssl
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).set_ciphers(ciphers)
+        except ssl.SSLError:
+            raise ValueError(f"no cipher matches {ciphers!r}; expected an OpenSSL cipher list such as "
+                             "ECDHE+AESGCM:ECDHE+CHACHA20") from None
+    return ciphers
+
+
+class ClientAuth(Model):
+    """mTLS: clients present a certificate signed by one of these CAs."""
+
+    mode: Literal["required", "optional"] = "required"
+    ca: str | None = Field(None, description="PEM: the CA certificates client certificates must chain to")
+    ca_file: str | None = None
+
+    @model_validator(mode="after")
+    def _ca(self) -> ClientAuth:
+        check_pem_or_file(self.ca, self.ca_file, "ca")
+        return self
+
+
+class TlsPolicy(Model):
+    """Versions, ciphers and client certificates of an application's HTTPS ports."""
+
+    min_version: TlsVersion = "1.2"
+    max_version: TlsVersion = "1.3"
+    ciphers: str | None = Field(None, description="OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are all safe)")
+    client_auth: ClientAuth | None = None
+
+    @model_validator(mode="after")
+    def _versions(self) -> TlsPolicy:
+        if self.min_version > self.max_version:
+            raise ValueError(f"min_version {self.min_version} is above max_version {self.max_version}")
+        check_ciphers(self.ciphers)
+        return self
+
+
+class UpstreamTls(Model):
+    """TLS from the node to an upstream's servers."""
+
+    verify: bool = Field(True, description="check the server's certificate and name")
+    ca: str | None = Field(None, description="PEM: CAs to trust; the system's store when neither ca nor ca_file")
+    ca_file: str | None = None
+    server_name: HostText | None = Field(None, description="SNI and the name checked; upstream.host or the address")
+    certificate: Name | None = Field(None, description="a certificate (by name) the node presents: mTLS")
+    min_version: TlsVersion = "1.2"
+
+    @model_validator(mode="after")
+    def _ca(self) -> UpstreamTls:
+        if self.ca is not None or self.ca_file is not None:
+            check_pem_or_file(self.ca, self.ca_file, "ca")
+        return self
+
+
+class SessionTickets(Model):
+    """Session resumption: ticket keys shared by the node's workers, replaced every `rotate`;
+    a ticket stays valid for `rotate` + `overlap` after its key took over."""
+
+    enabled: bool = True
+    rotate: Duration = Field(3600.0, gt=0)
+    overlap: Duration = 3600.0
+
+
+class NodeTls(Model):
+    session_tickets: SessionTickets = SessionTickets()
+    context_cache: int = Field(10000, ge=1, description="TLS contexts (certificate + policy) a worker keeps built")
+
+
+class Acme(Model):
+    """Where and how the node gets certificates marked `acme: true` (HTTP-01 on its plain ports)."""
+
+    directory: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    email: str | None = None
+    ca_bundle: str | None = Field(None, description="CA file for the directory's own TLS; the system's when unset")
+    renew_before: Duration = 30 * 86400.0
+    check_interval: Duration = Field(3600.0, gt=0)
+
+
 # --- applications --------------------------------------------------------------------
 
 _DOMAIN = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 
 
 class Certificate(Model):
-    """A certificate chain and its private key: PEM text inline, or files the node reads."""
+    """A certificate chain and its private key: PEM text inline, files the node reads, or
+    issued and renewed over ACME (`acme: true`) for `domains`."""
 
     name: Name
     cert: str | None = Field(None, description="PEM: the certificate, then its chain")
     key: str | None = Field(None, description="PEM private key")
     cert_file: str | None = None
     key_file: str | None = None
+    acme: bool = Field(False, description="issued and renewed by the node over ACME (settings.acme)")
+    domains: list[str] = Field(default_factory=list, description="names an ACME certificate is issued for")
 
     @model_validator(mode="after")
     def _pem(self) -> Certificate:
+        if self.acme:
+            given = [f for f in ("cert", "key", "cert_file", "key_file") if getattr(self, f) is not None]
+            if given:
+                raise ValueError(f"an ACME certificate is issued by the node; remove {', '.join(given)}")
+            if not self.domains:
+                raise ValueError("domains: an ACME certificate needs the names to issue it for")
+            for index, domain in enumerate(self.domains):
+                if not _DOMAIN.match(domain) or domain.startswith("*."):
+                    raise ValueError(f"domains[{index}]: {domain!r} is not a name HTTP-01 can prove; "
+                                     "expected a domain such as shop.example.com (no wildcard)")
+            return self
+        if self.domains:
+            raise ValueError("domains go with acme: true; a given certificate is valid for its own names")
         if (self.cert is None) == (self.cert_file is None):
             raise ValueError("give exactly one of cert (PEM text) or cert_file")
         if (self.key is None) == (self.key_file is None):
@@ -514,6 +646,7 @@ class Application(Model):
     https_ports: list[Port] = Field(default_factory=list, description="ports that terminate TLS")
     certificates: list[Name] = Field(default_factory=list, description="chosen by SNI among these")
     partitions: list[Name] = Field(default_factory=lambda: ["default"], min_length=1)
+    tls: TlsPolicy = Field(default_factory=lambda: TlsPolicy(), description="TLS on this application's https_ports")
     rules: list[Rule] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -551,6 +684,8 @@ class Limits(Model):
     keepalive_requests: int = Field(10000, ge=1)
     send_timeout: Duration = 60.0
     drain_timeout: Duration = 30.0
+    connections_per_client: int = Field(0, ge=0, description="open connections per client address; 0: no limit")
+    tls_handshakes_per_client: float = Field(0.0, ge=0, description="new TLS handshakes per second per client address")
 
 
 class AccessLog(Model):
@@ -575,6 +710,8 @@ class Settings(Model):
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed")
     locations: list[Location] = Field(default_factory=list, description="client address → location, longest prefix wins")
     geoip_database: str | None = Field(None, description="a MaxMind .mmdb file; its country code is the location")
+    tls: NodeTls = NodeTls()
+    acme: Acme | None = None
 
     @field_validator("timezone")
     @classmethod
@@ -662,6 +799,15 @@ class Config(Model):
                         if owner != app.name:
                             errors.append(f"applications[{a}].domains[{d}]: {domain}:{port} is already "
                                           f"served by application {owner!r}")
+        by_name = {c.name: c for c in self.certificates}
+        for u, upstream in enumerate(self.upstreams):
+            name = upstream.tls.certificate if upstream.tls else None
+            if name is not None and (name not in by_name or by_name[name].acme):
+                errors.append(f"upstreams[{u}].tls.certificate: no certificate named {name!r} with a key the node "
+                              f"holds; known: {sorted(n for n, c in by_name.items() if not c.acme)}")
+        if any(c.acme for c in self.certificates) and self.settings.acme is None:
+            first = next(i for i, c in enumerate(self.certificates) if c.acme)
+            errors.append(f"certificates[{first}].acme: needs settings.acme (the ACME directory to use)")
         if errors:
             raise ValueError("\n".join(errors))
         return self

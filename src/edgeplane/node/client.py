@@ -21,7 +21,7 @@ from ..lang.compile import LocalResponse
 from .exchange import Exchange
 from .locate import real_client
 from .request import Request, normalize_host
-from .tls import SNI_ATTRIBUTE
+from .tls import TlsSession
 from .wire import (
     CONNECTION,
     EXPECT,
@@ -75,15 +75,14 @@ class ClientConnection(asyncio.Protocol):
     __slots__ = (
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
-        "dispatching", "write_paused", "rejected", "feeding", "completed", "tunnel", "app_cache", "tls", "sni",
+        "dispatching", "write_paused", "rejected", "feeding", "completed", "tunnel", "app_cache", "tls",
         "held",
     )
 
-    def __init__(self, worker: Worker, port: int, tls: bool = False):
+    def __init__(self, worker: Worker, port: int, tls: TlsSession | None = None):
         self.worker = worker
         self.port = port
         self.tls = tls
-        self.sni = ""
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = b""
@@ -112,8 +111,8 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b""
-        if self.tls:
-            self.sni = getattr(transport.get_extra_info("ssl_object"), SNI_ATTRIBUTE, "") or ""
+        if self.tls is not None:
+            self.tls.ssl_object = transport.get_extra_info("ssl_object")
         self.worker.connections.add(self)
         self.deadline = monotonic() + self.worker.runtime.limits.client_header_timeout
 
@@ -211,8 +210,8 @@ class ClientConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         now = monotonic()
         self.current = request = Request(now, self.port)
-        if self.tls:
-            request.scheme, request.scheme_bytes, request.sni = "https", b"https", self.sni
+        if self.tls is not None:
+            request.scheme, request.scheme_bytes, request.tls = "https", b"https", self.tls
         self.in_head = True
         self.head_raw = 0
         self.deadline = now + self.worker.runtime.limits.client_header_timeout

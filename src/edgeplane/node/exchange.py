@@ -14,6 +14,7 @@ from time import monotonic
 from typing import TYPE_CHECKING
 
 from ..lang.compile import LocalResponse
+from .acme import CHALLENGE_PREFIX, challenge_answer
 from .mirror import MirrorExchange
 from .upstream import UpstreamConnection, open_connection
 from .wire import (
@@ -108,6 +109,9 @@ class Exchange:
 
     def route(self) -> None:
         request = self.request
+        if self.runtime.acme_challenges is not None and request.uri_path.startswith(CHALLENGE_PREFIX):
+            if self.acme_challenge():
+                return
         app = self.client.application(self.runtime, request.host)
         if app is None:
             self.fail_local(404, f"no application serves host {request.host!r} on port {self.client.port}")
@@ -126,6 +130,14 @@ class Exchange:
                     self.deadline = self.started + self.timeout
                 self.client.worker.timed.add(self)
             self.connect()
+
+    def acme_challenge(self) -> bool:
+        """Answer an ACME HTTP-01 validation (plain ports only) before any rule sees it."""
+        answer = challenge_answer(self.runtime.acme_challenges, self.request.uri_path)
+        if answer is None or self.request.scheme != "http":
+            return False
+        self.respond(LocalResponse(200, [(b"Content-Type", b"application/octet-stream")], answer))
+        return True
 
     # --- local responses --------------------------------------------------------------
 

@@ -16,27 +16,36 @@ import signal
 import sys
 import tempfile
 import time
+from pathlib import Path
 
+from ..model.config import Config
 from ..model.load import ConfigError, load
 from .telemetry import merge, render_prometheus
+from .tickets import KEY_FILE, TicketKeyFile
 from .worker import log
+
+HOUSEKEEPING = 1.0  # seconds between two looks at the config file and the ticket keys
 
 
 class Master:
     def __init__(self, config: str, workers: int, bind: str, status: str | None, partition: str,
-                 access_log: str | None):
+                 access_log: str | None, data_dir: str | None = None):
         self.config = config
         self.count = workers
         self.bind = bind
         self.status_address = status
         self.partition = partition
         self.access_log = access_log
+        self.data_dir = os.path.abspath(data_dir) if data_dir else ""
         self.run_dir = tempfile.mkdtemp(prefix="edgeplane-node-")
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.started = time.time()
         self.restarts = 0
         self.status_server: asyncio.AbstractServer | None = None  # held: an unreferenced server may be collected
+        self.settings = Config().settings
+        self.config_signature: tuple = ()
+        self.tickets: TicketKeyFile | None = None
 
     def control_path(self, index: int) -> str:
         return os.path.join(self.run_dir, f"worker-{index}.sock")
@@ -44,7 +53,7 @@ class Master:
     async def start_worker(self, index: int) -> asyncio.subprocess.Process:
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "edgeplane.node.worker", self.config, self.bind, str(index),
-            self.partition, self.access_log or "", self.control_path(index),
+            self.partition, self.access_log or "", self.control_path(index), self.data_dir,
             stdin=asyncio.subprocess.DEVNULL)
         self.processes[index] = process
         return process
@@ -88,6 +97,40 @@ class Master:
             await asyncio.sleep(delay)
             if not self.stopping:
                 await self.start_worker(index)
+
+    # --- node-wide work: the config as the master sees it, ticket keys -------------------
+
+    def read_config(self) -> bool:
+        """Re-read the config file when it changed; False when it is not valid (the workers
+        keep serving their last good one, and so does the master's node-wide work)."""
+        try:
+            st = os.stat(self.config)
+            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            return False
+        if signature == self.config_signature:
+            return True
+        self.config_signature = signature
+        try:
+            self.settings = load(self.config).settings
+        except ConfigError:
+            return False
+        tickets = self.settings.tls.session_tickets
+        if self.tickets is None or self.tickets.settings != tickets:
+            previous = self.tickets.keys if self.tickets is not None else []
+            self.tickets = TicketKeyFile(Path(self.run_dir) / KEY_FILE, tickets)
+            self.tickets.keys = previous
+        return True
+
+    async def housekeeping(self) -> None:
+        while not self.stopping:
+            try:
+                self.read_config()
+                if self.tickets is not None:
+                    self.tickets.refresh()
+            except Exception as error:  # node-wide work must outlive any one failure
+                log("master_housekeeping_error", error=f"{type(error).__name__}: {error}")
+            await asyncio.sleep(HOUSEKEEPING)
 
     # --- status port -------------------------------------------------------------------
 
@@ -172,6 +215,9 @@ class Master:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(shutdown()))
         loop.add_signal_handler(signal.SIGHUP, lambda: self.forward(signal.SIGHUP))
+        self.read_config()
+        self.tickets.refresh()  # before any worker: the first handshakes already share keys
+        housekeeping = asyncio.ensure_future(self.housekeeping())
         for index in range(self.count):
             await self.start_worker(index)
         for index in range(self.count):
@@ -189,7 +235,7 @@ class Master:
         log("node_ready", workers=self.count, bind=self.bind, status=self.status_address,
             config=self.config, pid=os.getpid())
         await done.wait()
-        for task in supervisors:
+        for task in [*supervisors, housekeeping]:
             task.cancel()
         shutil.rmtree(self.run_dir, ignore_errors=True)
         log("node_stopped")

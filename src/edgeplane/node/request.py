@@ -55,7 +55,7 @@ class Request:
     scheme = "http"
     scheme_bytes = b"http"
     port = 0  # the listener's
-    sni = ""
+    tls = None  # the connection's TlsSession on HTTPS ports
     keep_alive = True
     chunked = False
     content_length = -1  # absent

@@ -9,17 +9,18 @@ holds the runtime it started with, so a swap never changes a request in flight.
 from __future__ import annotations
 
 import hashlib
-import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..lang.compile import CompileContext, compile_rules
 from ..model.config import AccessLog, Config, Limits, UpstreamTimeouts
 from ..model.load import dump
+from .acme import challenge_directory
 from .balance import Balancer, make_balancer
 from .domains import DomainTable
 from .endpoints import EndpointRegistry
 from .locate import PrefixTable, locator
-from .tls import compile_tls
+from .tls import NameCache, Site, TlsTable, compile_tls
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,18 +48,24 @@ class Runtime:
     ports: dict[int, DomainTable[AppRuntime]]
     upstreams: dict[str, UpstreamRuntime]
     trusted: PrefixTable
-    tls: dict[int, DomainTable[ssl.SSLContext]]
+    tls: TlsTable
+    acme_challenges: Path | None = None  # where HTTP-01 answers are, when the node uses ACME
 
     def lookup(self, port: int, host: str) -> AppRuntime | None:
         table = self.ports.get(port)
         return table.lookup(host) if table is not None else None
+
+    def tls_site(self, port: int, server_name: str) -> Site | None:
+        table = self.tls.get(port)
+        return table.lookup(server_name) if table is not None else None
 
 
 def config_version(config: Config) -> str:
     return hashlib.sha256(dump(config, "json").encode()).hexdigest()[:12]
 
 
-def compile_runtime(config: Config, registry: EndpointRegistry, partition: str = "default") -> Runtime:
+def compile_runtime(config: Config, registry: EndpointRegistry, partition: str = "default",
+                    data_dir: Path | None = None, names: NameCache | None = None) -> Runtime:
     upstreams: dict[str, UpstreamRuntime] = {}
     for upstream in config.upstreams:
         primaries, backups = [], []
@@ -95,7 +102,9 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
         ports=ports,
         upstreams=upstreams,
         trusted=PrefixTable([(cidr, "trusted") for cidr in settings.trusted_proxies]),
-        tls=compile_tls([a for a in config.applications if partition in a.partitions], config.certificates),
+        tls=compile_tls([a for a in config.applications if partition in a.partitions], config.certificates,
+                        data_dir, names),
+        acme_challenges=challenge_directory(data_dir) if settings.acme is not None and data_dir else None,
     )
 
 

@@ -20,7 +20,8 @@ import orjson
 LOG_FIELDS = (
     "time", "request_id", "client", "method", "host", "uri", "status", "bytes_in", "bytes_out",
     "application", "rule", "upstream", "upstream_addr", "upstream_status", "duration_ms",
-    "connect_ms", "upstream_ms", "error", "worker", "config_version",
+    "connect_ms", "upstream_ms", "error", "worker", "config_version", "tls_version", "ja4",
+    "tls_client_identity", "tls_client_fingerprint",
 )
 ENCODE_SLICE = 256  # records encoded between two turns of the event loop
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -31,6 +32,10 @@ class Metrics:
         self.requests: dict[tuple[str, str], int] = {}
         self.latency: dict[str, list] = {}   # upstream → [bucket counts..., sum, count]
         self.mirrors: dict[tuple[str, str], int] = {}
+        self.handshake_failures = 0
+
+    def handshake_failed(self) -> None:
+        self.handshake_failures += 1
 
     def record(self, application: str, status: int, upstream: str | None, seconds: float) -> None:
         key = (application, STATUS_CLASSES[min(max(status // 100, 1), 5) - 1])
@@ -52,6 +57,7 @@ class Metrics:
             "requests": [[app, cls, n] for (app, cls), n in self.requests.items()],
             "mirrors": [[upstream, result, n] for (upstream, result), n in self.mirrors.items()],
             "latency": {name: list(series) for name, series in self.latency.items()},
+            "tls_handshake_failures": self.handshake_failures,
         }
 
 
@@ -68,7 +74,8 @@ def merge(snapshots: list[dict]) -> dict:
             into = latency.setdefault(name, [0] * len(series))
             for i, value in enumerate(series):
                 into[i] += value
-    return {"requests": requests, "latency": latency, "mirrors": mirrors}
+    return {"requests": requests, "latency": latency, "mirrors": mirrors,
+            "tls_handshake_failures": sum(snap.get("tls_handshake_failures", 0) for snap in snapshots)}
 
 
 def render_prometheus(merged: dict, gauges: dict[str, float], versions: dict[int, str], dropped: int) -> str:
@@ -90,6 +97,9 @@ def render_prometheus(merged: dict, gauges: dict[str, float], versions: dict[int
               "# TYPE edgeplane_mirror_requests_total counter"]
     for (upstream, result), n in sorted(merged.get("mirrors", {}).items()):
         lines.append(f'edgeplane_mirror_requests_total{{upstream="{_label(upstream)}",result="{result}"}} {n}')
+    lines += ["# HELP edgeplane_tls_handshake_failures_total TLS handshakes that failed or timed out.",
+              "# TYPE edgeplane_tls_handshake_failures_total counter",
+              f"edgeplane_tls_handshake_failures_total {merged.get('tls_handshake_failures', 0)}"]
     for name, value in gauges.items():
         kind = "counter" if name.endswith("_total") else "gauge"
         lines += [f"# TYPE edgeplane_{name} {kind}", f"edgeplane_{name} {value}"]
@@ -154,13 +164,17 @@ class AccessLog:
         worker, dumps = self.worker, orjson.dumps
         lines = []
         for (start, end, request_id, client, method, host, target, status, bytes_in, bytes_out, app, rule,
-             upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version) in batch:
+             upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version, tls) in batch:
+            identity = tls.identity if tls is not None else None
             lines.append(dumps(dict(zip(LOG_FIELDS, (
                 round(wall + start, 6), request_id.decode("latin-1") or None, client, method or None, host,
                 target.decode("latin-1") if target is not None else None, status, bytes_in, bytes_out, app,
                 rule, upstream, upstream_addr, upstream_status or None, round((end - start) * 1000, 3),
                 round((connected_at - start) * 1000, 3) if connected_at else None,
-                round((end - sent_at) * 1000, 3) if sent_at else None, error or None, worker, version)))))
+                round((end - sent_at) * 1000, 3) if sent_at else None, error or None, worker, version,
+                tls.version if tls is not None else None, tls.ja4 if tls is not None else None,
+                identity.primary or None if identity is not None else None,
+                identity.fingerprint or None if identity is not None else None)))))
         lines.append(b"")
         return b"\n".join(lines)
 

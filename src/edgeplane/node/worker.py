@@ -24,9 +24,12 @@ from ..model.load import ConfigError, Problem, dump, load
 from .client import ClientConnection, Rejection
 from .endpoints import EndpointRegistry
 from .exchange import Exchange
+from .listener import TlsListener
+from .openssl import ticket_callback
 from .runtime import Runtime, compile_runtime, endpoint_keys
 from .telemetry import AccessLog, Metrics
-from .tls import front_context
+from .tickets import KEY_FILE, TicketKeyRing
+from .tls import ContextCache, NameCache, Site
 
 TICK = 0.1  # deadline resolution in seconds
 
@@ -55,8 +58,9 @@ def open_listener(host: str, port: int) -> socket.socket:
 
 class Worker:
     def __init__(self, config_path: str, bind: str, index: int, partition: str,
-                 access_log: str | None, control_path: str | None):
+                 access_log: str | None, control_path: str | None, data_dir: str | None = None):
         self.config_path = Path(config_path)
+        self.data_dir = Path(data_dir) if data_dir else None
         self.bind = bind
         self.index = index
         self.partition = partition
@@ -66,7 +70,7 @@ class Worker:
         self.connections: set[ClientConnection] = set()
         self.busy: set = set()
         self.timed: set[Exchange] = set()  # exchanges with route timeouts
-        self.listeners: dict[int, asyncio.AbstractServer | None] = {}
+        self.listeners: dict[int, asyncio.AbstractServer | TlsListener | None] = {}
         self.listener_tls: dict[int, bool] = {}
         self.control: asyncio.AbstractServer | None = None
         self.draining = False
@@ -80,6 +84,11 @@ class Worker:
         self.reloads = {"ok": 0, "failed": 0}
         self.last_error = ""
         self.stopped = asyncio.Event()
+        self.names = NameCache()  # certificate names, by content, from one compile to the next
+        self.tickets = TicketKeyRing(Path(control_path).with_name(KEY_FILE) if control_path else None)
+        self.ticket_callback = ticket_callback(self.tickets.lookup)
+        self.contexts = ContextCache(None)
+        self.failed_sites: set[Site] = set()
 
     # --- used by connections and exchanges ---------------------------------------------
 
@@ -107,7 +116,7 @@ class Worker:
                 request.target, exchange.status, request.body_size + exchange.bytes_in, exchange.bytes_out,
                 app, exchange.rule, upstream, endpoint.label if endpoint is not None else None,
                 exchange.upstream_status, exchange.connected_at, exchange.sent_at, exchange.error,
-                exchange.runtime.version,
+                exchange.runtime.version, exchange.client.tls,
             ))
 
     def log_rejection(self, client: ClientConnection, rejection: Rejection) -> None:
@@ -116,7 +125,7 @@ class Worker:
             now = time.monotonic()
             self.access_log.append((
                 now, now, b"", client.peer_ip.decode(), None, None, None, rejection.status, 0, 0,
-                "-", -1, None, None, 0, 0.0, 0.0, rejection.cause, self.runtime.version,
+                "-", -1, None, None, 0, 0.0, 0.0, rejection.cause, self.runtime.version, client.tls,
             ))
 
     # --- configuration -----------------------------------------------------------------
@@ -131,7 +140,7 @@ class Worker:
     def load_runtime(self, path: Path | None = None) -> Runtime:
         config = load(path or self.config_path)
         try:
-            return compile_runtime(config, self.registry, self.partition)
+            return compile_runtime(config, self.registry, self.partition, self.data_dir, self.names)
         except Exception as error:
             # Valid by the model but not compilable here (an unreadable GeoIP or certificate
             # file, ...): whatever the cause, the change is refused and nothing else is hurt.
@@ -172,8 +181,7 @@ class Worker:
             log("config_rejected", worker=self.index, reason=reason, errors=[self.last_error],
                 serving=self.runtime.version if self.runtime else None)
             return False
-        self.runtime = runtime
-        self.keep_last_good()
+        self.adopt(runtime)
         self.registry.retain(endpoint_keys(runtime))
         self.reloads["ok"] += 1
         self.last_error = ""
@@ -197,21 +205,34 @@ class Worker:
             replaced = self.listeners.pop(port, None)
             if replaced is not None:
                 replaced.close()
-            self.listeners[port] = None  # reserved; serve() puts the started server here
-            self.listener_tls[port] = tls = port in runtime.tls
-            self.spawn(self.serve(port, sock, tls))
+            self.listener_tls[port] = port in runtime.tls
+            if port in runtime.tls:
+                self.listeners[port] = TlsListener(self, port, sock)
+            else:
+                self.listeners[port] = None  # reserved; serve() puts the started server here
+                self.spawn(self.serve(port, sock))
         for port in [p for p in self.listeners if p not in runtime.ports]:
             server = self.listeners.pop(port)
             if server is not None:
                 server.close()
 
-    async def serve(self, port: int, sock: socket.socket, tls: bool) -> None:
+    def adopt(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        tls = runtime.config.settings.tls
+        self.contexts.configure(self.ticket_callback if tls.session_tickets.enabled else None, tls.context_cache)
+        self.keep_last_good()
+
+    def tls_failure(self, site: Site, error: Exception) -> None:
+        """A certificate that cannot be loaded fails its handshakes; say so once per version of it."""
+        if site not in self.failed_sites:
+            self.failed_sites.add(site)
+            log("tls_certificate_failed", worker=self.index, application=site.application,
+                error=f"{type(error).__name__}: {error}")
+
+    async def serve(self, port: int, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        context = front_context(lambda: self.runtime.tls, port) if tls else None
-        server = await loop.create_server(
-            lambda: ClientConnection(self, port, tls), sock=sock, backlog=4096, ssl=context,
-            ssl_handshake_timeout=self.runtime.limits.client_header_timeout if tls else None)
-        if self.listeners.get(port, False) is None and self.listener_tls.get(port) == tls and not self.draining:
+        server = await loop.create_server(lambda: ClientConnection(self, port), sock=sock, backlog=4096)
+        if self.listeners.get(port, False) is None and not self.listener_tls.get(port) and not self.draining:
             self.listeners[port] = server
         else:
             server.close()
@@ -229,6 +250,7 @@ class Worker:
                 if self.draining:
                     continue
                 if ticks % 5 == 0:
+                    self.tickets.reload_if_changed()
                     if self.file_signature() != self.signature:
                         self.reload("file changed")
                     self.registry.sweep(time.monotonic())
@@ -324,8 +346,8 @@ class Worker:
         except OSError as error:
             log("listen_failed", worker=self.index, error=str(error))
             return 3
-        self.runtime = runtime
-        self.keep_last_good()
+        self.tickets.reload_if_changed()
+        self.adopt(runtime)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -340,8 +362,8 @@ class Worker:
 
 
 def main(argv: list[str]) -> int:
-    config, bind, index, partition, access_log, control = argv
-    worker = Worker(config, bind, int(index), partition, access_log or None, control or None)
+    config, bind, index, partition, access_log, control, data_dir = argv
+    worker = Worker(config, bind, int(index), partition, access_log or None, control or None, data_dir or None)
     return uvloop.run(worker.run())
 
 

@@ -1,0 +1,138 @@
+"""HTTPS listeners: accept, read the ClientHello before OpenSSL does, choose the context.
+
+The ClientHello is peeked (`MSG_PEEK`), never consumed, so the handshake then runs on the
+untouched socket with the context of the application the name belongs to: its own
+certificate, versions, ciphers and client CAs, with nothing inherited from a front
+context. While a hello is incomplete the socket's low-water mark is raised to the size the
+record announces, so the loop wakes once it has arrived instead of spinning; a hello that
+does not arrive within `client_header_timeout` is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from .clienthello import MAX_HELLO, ClientHello, NotTls, read_hello
+from .tls import TlsSession
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket
+
+
+class TlsListener:
+    __slots__ = ("worker", "port", "sock", "loop", "closed")
+
+    def __init__(self, worker: Worker, port: int, sock: socket.socket):
+        self.worker = worker
+        self.port = port
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.closed = False
+        self.loop.add_reader(sock.fileno(), self.accept)
+
+    def accept(self) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, address = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # out of descriptors and the like: try again on the next wake-up
+                return
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            PendingHello(self, conn).read()
+
+    def hand_over(self, conn: socket.socket, hello: ClientHello) -> None:
+        worker = self.worker
+        site = worker.runtime.tls_site(self.port, hello.server_name)
+        if site is None:
+            conn.close()
+            return
+        try:
+            context = worker.contexts.get(site)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            worker.tls_failure(site, error)
+            conn.close()
+            return
+        worker.spawn(self.handshake(conn, context, TlsSession(hello)))
+
+    async def handshake(self, conn: socket.socket, context: ssl.SSLContext, session: TlsSession) -> None:
+        from .client import ClientConnection
+        worker = self.worker
+        try:
+            await self.loop.connect_accepted_socket(
+                lambda: ClientConnection(worker, self.port, session), sock=conn, ssl=context,
+                ssl_handshake_timeout=worker.runtime.limits.client_header_timeout)
+        except (OSError, ssl.SSLError, TimeoutError, EOFError):
+            worker.metrics.handshake_failed()
+            conn.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+
+
+class PendingHello:
+    """An accepted connection whose ClientHello has not fully arrived yet."""
+
+    __slots__ = ("listener", "conn", "timer", "seen", "lowered")
+
+    def __init__(self, listener: TlsListener, conn: socket.socket):
+        self.listener = listener
+        self.conn = conn
+        self.timer: asyncio.TimerHandle | None = None
+        self.seen = -1        # bytes peeked at the last wake-up
+        self.lowered = False  # the low-water mark was raised and must be put back
+
+    def read(self) -> None:
+        try:
+            data = self.conn.recv(MAX_HELLO, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            self.wait(1)
+            return
+        except OSError:
+            self.drop()
+            return
+        if not data or len(data) == self.seen:  # closed, or closed before the rest arrived
+            self.drop()
+            return
+        self.seen = len(data)
+        try:
+            found = read_hello(data)
+        except NotTls:
+            self.drop()
+            return
+        if isinstance(found, int):
+            self.wait(found)
+            return
+        self.stop_waiting()
+        self.listener.hand_over(self.conn, found)
+
+    def wait(self, size: int) -> None:
+        if size > 1:
+            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+            self.lowered = True
+        if self.timer is None:
+            loop = self.listener.loop
+            loop.add_reader(self.conn.fileno(), self.read)
+            self.timer = loop.call_later(self.listener.worker.runtime.limits.client_header_timeout, self.drop)
+
+    def stop_waiting(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+            self.listener.loop.remove_reader(self.conn.fileno())
+        if self.lowered:
+            self.conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, 1)
+
+    def drop(self) -> None:
+        if self.conn.fileno() >= 0:
+            self.stop_waiting()
+            self.conn.close()
