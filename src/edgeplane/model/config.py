@@ -56,7 +56,9 @@ class Server(Model):
     port: Port
     weight: int = Field(1, ge=1, le=10000)
     backup: bool = False
-    max_fails: int = Field(1, ge=0, description="connect failures that mark it down; 0 never")
+    max_fails: int | None = Field(None, ge=0, description="connect failures or timeouts that mark it down; "
+                                                          "0 never; default 1, or 0 when the upstream has "
+                                                          "outlier_detection")
     fail_timeout: Duration = 10.0
 
     @field_validator("address")
@@ -85,6 +87,92 @@ class UpstreamTimeouts(Model):
 HashKey = Annotated[str, Field(pattern=r"^(client-ip|uri|path|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^\s;=]+)$")]
 
 
+# --- resilience: health checks, outlier detection -------------------------------------
+
+_STATUS_RANGE = re.compile(r"^([1-5]\d\d)(?:-([1-5]\d\d))?$")
+
+
+def status_set(ranges: list[int | str]) -> frozenset[int]:
+    """The statuses `[200, "300-399"]` names, as a set (the items are already validated)."""
+    statuses: set[int] = set()
+    for item in ranges:
+        first, _, last = str(item).partition("-")
+        statuses.update(range(int(first), int(last or first) + 1))
+    return frozenset(statuses)
+
+
+class HealthCheck(Model):
+    """An active check of every server of an upstream, run once per node by its master:
+    `http` sends a request and wants one of `statuses` (and `body`, a regex, in the first
+    64 KiB of the answer); `tcp` only connects."""
+
+    type: Literal["http", "tcp"] = "http"
+    method: Annotated[str, Field(pattern=r"^[A-Z]{1,16}$")] = "GET"
+    path: UriPart = "/"
+    host: HostText | None = Field(None, description="Host of the probe; the upstream's host, else the server's address")
+    port: Port | None = Field(None, description="probe this port instead of the server's")
+    statuses: list[int | str] = Field(default_factory=lambda: ["200-399"], min_length=1)
+    body: str | None = Field(None, description="a regex the answer's body must contain")
+    interval: Duration = 5.0
+    timeout: Duration = 2.0
+    rise: int = Field(2, ge=1, description="consecutive passes that make a failing server healthy")
+    fall: int = Field(3, ge=1, description="consecutive failures that make a healthy server unhealthy")
+
+    @field_validator("statuses")
+    @classmethod
+    def _statuses(cls, value: list[int | str]) -> list[int | str]:
+        for index, item in enumerate(value):
+            match = _STATUS_RANGE.match(str(item))
+            if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+                raise ValueError(f"[{index}]: expected a status such as 200 or a range such as \"200-399\", got {item!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _shape(self) -> HealthCheck:
+        if not self.path.startswith("/"):
+            raise ValueError("path must start with '/'")
+        if self.interval <= 0 or self.timeout <= 0:
+            raise ValueError("interval and timeout must be longer than 0s")
+        if self.body is not None:
+            try:
+                re.compile(self.body)
+            except re.error as error:
+                raise ValueError(f"body: invalid regex: {error}") from None
+        return self
+
+
+class SuccessRateEjection(Model):
+    """Eject a server whose success rate over an `interval` falls below the mean of the
+    upstream's servers by more than `stdev_factor` standard deviations (Envoy's model)."""
+
+    minimum_hosts: int = Field(5, ge=1, description="servers with enough requests needed to judge any")
+    request_volume: int = Field(100, ge=1, description="requests a server needs in the interval to be judged")
+    stdev_factor: float = Field(1.9, gt=0)
+
+
+class OutlierDetection(Model):
+    """Passive health from real traffic, per worker: a server that fails often enough is
+    ejected for `base_ejection_time` × the times it was ejected (at most
+    `max_ejection_time`); never more than `max_ejection_percent` of the servers at once."""
+
+    consecutive_5xx: int = Field(5, ge=0, description="5xx answers or gateway errors in a row; 0 never")
+    consecutive_gateway_errors: int = Field(5, ge=0, description="connect failures, resets, timeouts, "
+                                                                 "502, 503 or 504 in a row; 0 never")
+    success_rate: SuccessRateEjection | None = None
+    interval: Duration = 10.0
+    base_ejection_time: Duration = 30.0
+    max_ejection_time: Duration = 300.0
+    max_ejection_percent: float = Field(10.0, ge=0, le=100)
+
+    @model_validator(mode="after")
+    def _times(self) -> OutlierDetection:
+        if self.interval <= 0 or self.base_ejection_time <= 0:
+            raise ValueError("interval and base_ejection_time must be longer than 0s")
+        if self.max_ejection_time < self.base_ejection_time:
+            raise ValueError("max_ejection_time must not be shorter than base_ejection_time")
+        return self
+
+
 class Upstream(Model):
     name: Name
     servers: list[Server] = Field(min_length=1)
@@ -94,6 +182,8 @@ class Upstream(Model):
     pool: Pool = Pool()
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     tls: UpstreamTls | None = Field(None, description="speak TLS to the servers (HTTPS upstream)")
+    health_check: HealthCheck | None = None
+    outlier_detection: OutlierDetection | None = None
 
     @model_validator(mode="after")
     def _hash_needs_key(self) -> Upstream:

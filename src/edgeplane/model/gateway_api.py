@@ -982,7 +982,9 @@ class _Exporter:
         self.endpoints[key] = [(s.address, s.port) for s in upstream.servers if not s.backup]
         lost = [what for what, changed in (
             ("balance", upstream.balance != "round-robin"), ("server weights", any(s.weight != 1 for s in upstream.servers)),
-            ("backup servers", any(s.backup for s in upstream.servers)), ("host", upstream.host is not None)) if changed]
+            ("backup servers", any(s.backup for s in upstream.servers)), ("host", upstream.host is not None),
+            ("health_check", upstream.health_check is not None),
+            ("outlier_detection", upstream.outlier_detection is not None)) if changed]
         if lost:
             self.warn("Upstream", upstream.name, "", f"{', '.join(lost)} have no Gateway API equivalent; not exported")
         return key

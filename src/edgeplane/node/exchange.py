@@ -187,6 +187,7 @@ class Exchange:
             self.timed_out = timed_out
             self.last_error = (f"{endpoint.label}: connect timed out after {timeout:g}s" if timed_out
                                else f"{endpoint.label}: {error.strerror or error}")
+            self.gateway_error(endpoint, "connect-failure")
             self.tried += (endpoint,)
             self.connect()
             return
@@ -251,7 +252,7 @@ class Exchange:
         worker = self.client.worker
         if self.replay is None:
             for upstream in mirrors:
-                worker.metrics.mirrored(upstream.name, "skipped-body-too-large")
+                worker.metrics.count("mirror_requests", upstream.name, "skipped-body-too-large")
             return
         body = b"".join(self.replay)
         for upstream in mirrors:
@@ -309,6 +310,9 @@ class Exchange:
             return
         self.final_head = True
         self.status = self.upstream_status = status
+        detector = self.endpoint.detector
+        if detector is not None:
+            detector.observe_status(self.endpoint, status, monotonic())
         length = None
         chunked = False
         dropped: list[bytes] = []
@@ -449,8 +453,11 @@ class Exchange:
                 and request.method in IDEMPOTENT and (request.complete or request.body is None)):
             self.retry_fresh()
             return
-        cause = "upstream closed the connection mid-response" if self.final_head else \
-            "upstream closed the connection before responding"
+        if self.final_head:
+            cause = "upstream closed the connection mid-response"
+        else:
+            cause = "upstream closed the connection before responding"
+            self.gateway_error(self.endpoint, "reset")
         self.upstream_failed(cause, 502)
 
     def retry_fresh(self) -> None:
@@ -472,6 +479,8 @@ class Exchange:
             self.finish(False)
             return
         self.endpoint.failed(monotonic())
+        if not self.final_head:
+            self.gateway_error(self.endpoint, "timeout")
         self.upstream_failed(f"upstream {self.endpoint.label} did not answer within {read:g}s", 504)
 
     def check_deadline(self, now: float) -> None:
@@ -479,11 +488,18 @@ class Exchange:
         if self.deadline and now >= self.deadline:
             self.abandon(504, f"request did not complete within the route's {self.timeout:g}s timeout")
         elif self.try_deadline and now >= self.try_deadline and self.conn is not None and not self.final_head:
+            self.gateway_error(self.endpoint, "timeout")
             self.abandon(504, f"upstream {self.endpoint.label} did not answer within the route's "
                               f"{self.backend_timeout:g}s backend timeout")
 
     def upstream_failed(self, cause: str, status: int) -> None:
         self.abandon(status, cause)
+
+    def gateway_error(self, endpoint: Endpoint, kind: str) -> None:
+        """A try met a connect failure, a reset or a timeout: outlier detection counts it."""
+        detector = endpoint.detector
+        if detector is not None:
+            detector.observe_error(endpoint, kind, monotonic())
 
     def abandon(self, status: int, cause: str) -> None:
         """Stop the upstream side; answer `status` if the response has not begun, else cut it."""

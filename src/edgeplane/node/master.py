@@ -3,7 +3,9 @@
 Workers are separate interpreter processes (not forks of a running loop); each opens the
 same ports with SO_REUSEPORT. The master forwards SIGHUP, drains on SIGTERM, restarts a
 worker that died, and answers /metrics and /status by asking every worker over its
-control socket and merging. It never touches client traffic.
+control socket and merging. It also runs what a node does once rather than once per
+worker — TLS ticket keys, the active health checks — from each config it sees
+(`apply_config`), and tells the workers the health verdicts. It never touches client traffic.
 """
 
 from __future__ import annotations
@@ -16,13 +18,15 @@ import signal
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 from ..model.config import Config
 from ..model.load import ConfigError, load
-from .telemetry import merge, render_prometheus
+from .health import HealthRunner
+from .telemetry import AccessLog, Metrics, merge, render_prometheus
 from .tickets import KEY_FILE, TicketKeyFile
-from .worker import log
+from .worker import HEALTH_FILE, TRANSITIONS_KEPT, file_signature, log
 
 HOUSEKEEPING = 1.0  # seconds between two looks at the config file and the ticket keys
 
@@ -46,6 +50,12 @@ class Master:
         self.settings = Config().settings
         self.config_signature: tuple = ()
         self.tickets: TicketKeyFile | None = None
+        self.health = HealthRunner(self.publish_health, self.record_transition)
+        self.health_message: dict = {"sequence": 0, "failing": []}
+        self.transitions: deque[dict] = deque(maxlen=TRANSITIONS_KEPT)
+        self.metrics = Metrics()  # what the master itself counts (health transitions)
+        self.events = AccessLog(access_log, None)
+        self.tasks: set[asyncio.Future] = set()
 
     def control_path(self, index: int) -> str:
         return os.path.join(self.run_dir, f"worker-{index}.sock")
@@ -58,13 +68,14 @@ class Master:
         self.processes[index] = process
         return process
 
-    async def ask(self, index: int, timeout: float = 2.0) -> dict | None:
+    async def ask(self, index: int, timeout: float = 2.0, line: bytes = b"status\n") -> dict | None:
+        """Send a worker one control line (`status`, or `<command> <json>`); its JSON answer."""
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(self.control_path(index)), timeout)
         except (TimeoutError, OSError):
             return None
         try:
-            writer.write(b"status\n")
+            writer.write(line)
             return json.loads(await asyncio.wait_for(reader.readline(), timeout))
         except (TimeoutError, OSError, ValueError):
             return None
@@ -97,30 +108,37 @@ class Master:
             await asyncio.sleep(delay)
             if not self.stopping:
                 await self.start_worker(index)
+                if await self.wait_ready(index):  # a verdict given while it started must reach it
+                    await self.tell_health(index, self.health_message)
 
-    # --- node-wide work: the config as the master sees it, ticket keys -------------------
+    # --- node-wide work: the config as the master sees it, ticket keys, health checks ----
 
     def read_config(self) -> bool:
         """Re-read the config file when it changed; False when it is not valid (the workers
         keep serving their last good one, and so does the master's node-wide work)."""
-        try:
-            st = os.stat(self.config)
-            signature = (st.st_ino, st.st_mtime_ns, st.st_size)
-        except OSError:
+        signature = file_signature(Path(self.config))
+        if not signature:
             return False
         if signature == self.config_signature:
             return True
         self.config_signature = signature
         try:
-            self.settings = load(self.config).settings
+            config = load(self.config)
         except ConfigError:
             return False
+        self.apply_config(config)
+        return True
+
+    def apply_config(self, config: Config) -> None:
+        """Run what the node runs once from this config: the file watcher calls it, and so
+        can any other source of configs."""
+        self.settings = config.settings
         tickets = self.settings.tls.session_tickets
         if self.tickets is None or self.tickets.settings != tickets:
             previous = self.tickets.keys if self.tickets is not None else []
             self.tickets = TicketKeyFile(Path(self.run_dir) / KEY_FILE, tickets)
             self.tickets.keys = previous
-        return True
+        self.health.apply_config(config)
 
     async def housekeeping(self) -> None:
         while not self.stopping:
@@ -128,9 +146,36 @@ class Master:
                 self.read_config()
                 if self.tickets is not None:
                     self.tickets.refresh()
+                await self.events.flush()
             except Exception as error:  # node-wide work must outlive any one failure
                 log("master_housekeeping_error", error=f"{type(error).__name__}: {error}")
             await asyncio.sleep(HOUSEKEEPING)
+
+    def publish_health(self, message: dict) -> None:
+        """The failing servers changed: kept for workers yet to start, told to every worker."""
+        self.health_message = message
+        path = Path(self.run_dir) / HEALTH_FILE
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(message))
+        os.replace(temporary, path)
+        for index in range(self.count):
+            self.spawn(self.tell_health(index, message))
+
+    async def tell_health(self, index: int, message: dict) -> None:
+        await self.ask(index, line=b"health " + json.dumps(message).encode() + b"\n")
+
+    def record_transition(self, event: dict) -> None:
+        event = {**event, "worker": None}
+        self.transitions.append(event)
+        self.metrics.count("transitions", event["upstream"], event["endpoint"], event["source"], event["state"])
+        if self.events.enabled:
+            self.events.append({"event": "transition", **event})
+        log("health_transition", **{k: v for k, v in event.items() if k not in ("time", "worker")})
+
+    def spawn(self, coroutine: object) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     # --- status port -------------------------------------------------------------------
 
@@ -145,22 +190,59 @@ class Master:
             return 404, b"text/plain", b"not found: try /metrics or /status\n"
         workers = await self.gather()
         if path == "/metrics":
-            merged = merge([w["metrics"] for w in workers])
+            merged = merge([w["metrics"] for w in workers] + [self.metrics.snapshot()])
             gauges = {"active_connections": sum(w["connections"] for w in workers),
                       "workers": len(workers), "worker_restarts_total": self.restarts}
             text = render_prometheus(merged, gauges, {w["worker"]: w["version"] for w in workers},
-                                     sum(w["access_log_dropped"] for w in workers))
+                                     sum(w["access_log_dropped"] for w in workers), self.health_gauges(workers))
             return 200, b"text/plain; version=0.0.4", text.encode()
         versions = sorted({w["version"] for w in workers})
+        transitions = sorted([*self.transitions, *(t for w in workers for t in w["transitions"])],
+                             key=lambda event: event["time"])
         body = {
             "config_version": versions[0] if len(versions) == 1 else versions,
             "config_file": self.config, "uptime_s": round(time.time() - self.started, 1),
             "workers": [{k: w[k] for k in ("worker", "pid", "version", "connections", "reloads", "last_error")}
                         for w in workers],
-            "upstreams": workers[0]["upstreams"] if workers else {},
+            "upstreams": self.upstream_view(workers),
             "upstreams_by_worker": {w["worker"]: w["upstreams"] for w in workers},
+            "health_checks": self.health.status(),
+            "transitions": transitions[-TRANSITIONS_KEPT:],
         }
         return 200, b"application/json", json.dumps(body, indent=2).encode() + b"\n"
+
+    def upstream_view(self, workers: list[dict]) -> dict:
+        """The first worker's view of each server, with the node's health verdict and how
+        many workers have it ejected (outlier detection is per worker)."""
+        if not workers:
+            return {}
+        checks = self.health.status()
+        view = json.loads(json.dumps(workers[0]["upstreams"]))
+        for name, endpoints in view.items():
+            for endpoint in endpoints:
+                verdict = checks.get(name, {}).get(endpoint["address"])
+                endpoint["health_check"] = verdict["state"] if verdict else None
+                endpoint["ejected_in_workers"] = sum(
+                    1 for w in workers for e in w["upstreams"].get(name, ())
+                    if e["address"] == endpoint["address"] and e["ejected_for"] > 0)
+        return view
+
+    def health_gauges(self, workers: list[dict]) -> list:
+        healthy = [({"upstream": upstream, "endpoint": address}, int(verdict["state"] == "healthy"))
+                   for upstream, servers in self.health.status().items()
+                   for address, verdict in servers.items() if verdict["state"] != "unchecked"]
+        ejected: dict[tuple[str, str], int] = {}
+        for w in workers:
+            for upstream, endpoints in w["upstreams"].items():
+                for e in endpoints:
+                    key = (upstream, e["address"])
+                    ejected[key] = ejected.get(key, 0) + (e["ejected_for"] > 0)
+        return [
+            ("edgeplane_health_check_healthy", "1 while the node's active check passes a server, 0 while it fails.",
+             healthy),
+            ("edgeplane_outlier_ejected", "Workers that have the server ejected by outlier detection.",
+             [({"upstream": u, "endpoint": e}, n) for (u, e), n in sorted(ejected.items())]),
+        ]
 
     async def answer_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -178,6 +260,12 @@ class Master:
 
     # --- life cycle --------------------------------------------------------------------
 
+    def reload(self) -> None:
+        """SIGHUP: the workers reload, and so does what the master runs."""
+        self.forward(signal.SIGHUP)
+        self.config_signature = ()
+        self.read_config()
+
     def forward(self, signum: int) -> None:
         for process in self.processes.values():
             if process.returncode is None:
@@ -187,6 +275,7 @@ class Master:
         if self.stopping:
             return
         self.stopping = True
+        self.health.close()
         log("node_draining", workers=len(self.processes))
         self.forward(signal.SIGTERM)
         try:
@@ -214,7 +303,7 @@ class Master:
             done.set()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(shutdown()))
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.forward(signal.SIGHUP))
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.read_config()
         self.tickets.refresh()  # before any worker: the first handshakes already share keys
         housekeeping = asyncio.ensure_future(self.housekeeping())
@@ -228,6 +317,8 @@ class Master:
                 await self.stop()
                 shutil.rmtree(self.run_dir, ignore_errors=True)
                 return 1
+        for index in range(self.count):  # verdicts given while the workers started
+            await self.tell_health(index, self.health_message)
         if self.status_address:
             host, _, port = self.status_address.rpartition(":")
             self.status_server = await asyncio.start_server(self.answer_status, host or "127.0.0.1", int(port))
@@ -237,6 +328,8 @@ class Master:
         await done.wait()
         for task in [*supervisors, housekeeping]:
             task.cancel()
+        await self.events.flush()
+        self.events.flush_now()
         shutil.rmtree(self.run_dir, ignore_errors=True)
         log("node_stopped")
         return 0

@@ -116,4 +116,4 @@ class MirrorExchange:
             connection.close()
 
     def done(self, result: str) -> None:
-        self.worker.metrics.mirrored(self.upstream.name, result)
+        self.worker.metrics.count("mirror_requests", self.upstream.name, result)

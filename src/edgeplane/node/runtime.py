@@ -1,8 +1,8 @@
 """Compile a validated `Config` into an immutable `Runtime`: what a worker serves with.
 
 Everything a request needs is prepared here once per config version: host tables per
-port (`DomainTable`), each application's compiled rule
-chain, and each upstream's balancer over endpoints that outlive the runtime. A request
+port (`DomainTable`), each application's compiled rule chain, and each upstream's
+balancer and outlier detector over endpoints that outlive the runtime. A request
 holds the runtime it started with, so a swap never changes a request in flight.
 """
 
@@ -20,6 +20,7 @@ from .balance import Balancer, make_balancer
 from .domains import DomainTable
 from .endpoints import EndpointRegistry
 from .locate import PrefixTable, locator
+from .outlier import OutlierDetector
 from .tls import NameCache, Site, TlsTable, compile_tls
 
 
@@ -31,6 +32,7 @@ class UpstreamRuntime:
     host_header: bytes | None
     keys: frozenset
     single: object = None  # the endpoint, when the upstream has exactly one server
+    detector: OutlierDetector | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,9 +71,13 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
     upstreams: dict[str, UpstreamRuntime] = {}
     for upstream in config.upstreams:
         primaries, backups = [], []
+        detection = upstream.outlier_detection
         for server in upstream.servers:
-            endpoint = registry.get(upstream.name, server, upstream.pool)
+            # With outlier detection, a server is not also taken out by its first failure.
+            endpoint = registry.get(upstream.name, server, upstream.pool, max_fails=0 if detection else 1)
+            endpoint.detector = None
             (backups if server.backup else primaries).append((endpoint, server.weight))
+        everyone = [endpoint for endpoint, _ in primaries + backups]
         upstreams[upstream.name] = UpstreamRuntime(
             name=upstream.name,
             balancer=make_balancer(upstream.balance, primaries, backups, upstream.hash_key),
@@ -79,6 +85,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
             host_header=upstream.host.encode("latin-1") if upstream.host else None,
             keys=frozenset(e.key for e, _ in primaries + backups),
             single=primaries[0][0] if len(primaries) == 1 and not backups else None,
+            detector=OutlierDetector(upstream.name, everyone, detection, registry.reporter) if detection else None,
         )
     settings = config.settings
     context = CompileContext(

@@ -2,8 +2,10 @@
 
 Recording costs a dict increment and a tuple append on the request path; formatting and
 writing happen later, in batches, off the loop's critical path. When the access log falls
-behind, records are dropped and counted rather than traffic slowed. Merging workers and
-rendering Prometheus text is done by the master from `snapshot()`.
+behind, records are dropped and counted rather than traffic slowed. Events that are not
+requests (an endpoint ejected, a breaker opening) are counted by family in `count` and
+written to the access log as `event` lines. Merging workers and rendering Prometheus text
+is done by the master from `snapshot()`.
 """
 
 from __future__ import annotations
@@ -26,12 +28,24 @@ LOG_FIELDS = (
 ENCODE_SLICE = 256  # records encoded between two turns of the event loop
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+# Counted events: family → (metric, help, label names). Workers and the master count with
+# `Metrics.count(family, *labels)`; the master sums and renders them.
+COUNTERS = {
+    "mirror_requests": ("edgeplane_mirror_requests_total", "Mirrored copies, by shadow upstream and result.",
+                        ("upstream", "result")),
+    "transitions": ("edgeplane_upstream_transitions_total",
+                    "Endpoint state changes, by who made them (source) and the state entered.",
+                    ("upstream", "endpoint", "source", "state")),
+    "outlier_overflow": ("edgeplane_outlier_ejections_overflow_total",
+                         "Ejections refused because max_ejection_percent of the servers were out.", ("upstream",)),
+}
+
 
 class Metrics:
     def __init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
         self.latency: dict[str, list] = {}   # upstream → [bucket counts..., sum, count]
-        self.mirrors: dict[tuple[str, str], int] = {}
+        self.counters: dict[str, dict[tuple, int]] = {family: {} for family in COUNTERS}
         self.handshake_failures = 0
 
     def handshake_failed(self) -> None:
@@ -48,37 +62,42 @@ class Metrics:
             series[-2] += seconds
             series[-1] += 1
 
-    def mirrored(self, upstream: str, result: str) -> None:
-        key = (upstream, result)
-        self.mirrors[key] = self.mirrors.get(key, 0) + 1
+    def count(self, family: str, *labels: str) -> None:
+        counts = self.counters[family]
+        counts[labels] = counts.get(labels, 0) + 1
 
     def snapshot(self) -> dict:
         return {
             "requests": [[app, cls, n] for (app, cls), n in self.requests.items()],
-            "mirrors": [[upstream, result, n] for (upstream, result), n in self.mirrors.items()],
             "latency": {name: list(series) for name, series in self.latency.items()},
             "tls_handshake_failures": self.handshake_failures,
+            "counters": {family: [[*labels, n] for labels, n in counts.items()]
+                         for family, counts in self.counters.items()},
         }
 
 
 def merge(snapshots: list[dict]) -> dict:
     requests: dict[tuple[str, str], int] = {}
-    mirrors: dict[tuple[str, str], int] = {}
     latency: dict[str, list] = {}
+    counters: dict[str, dict[tuple, int]] = {family: {} for family in COUNTERS}
     for snap in snapshots:
         for app, cls, n in snap["requests"]:
             requests[(app, cls)] = requests.get((app, cls), 0) + n
-        for upstream, result, n in snap.get("mirrors", ()):
-            mirrors[(upstream, result)] = mirrors.get((upstream, result), 0) + n
+        for family, rows in snap.get("counters", {}).items():
+            into = counters.setdefault(family, {})
+            for *labels, n in rows:
+                into[tuple(labels)] = into.get(tuple(labels), 0) + n
         for name, series in snap["latency"].items():
             into = latency.setdefault(name, [0] * len(series))
             for i, value in enumerate(series):
                 into[i] += value
-    return {"requests": requests, "latency": latency, "mirrors": mirrors,
+    return {"requests": requests, "latency": latency, "counters": counters,
             "tls_handshake_failures": sum(snap.get("tls_handshake_failures", 0) for snap in snapshots)}
 
 
-def render_prometheus(merged: dict, gauges: dict[str, float], versions: dict[int, str], dropped: int) -> str:
+def render_prometheus(merged: dict, gauges: dict[str, float], versions: dict[int, str], dropped: int,
+                      labeled: list[tuple[str, str, list[tuple[dict, float]]]] = ()) -> str:
+    """`labeled`: gauges with labels, as (metric, help, [(labels, value)])."""
     lines = ["# HELP edgeplane_requests_total Requests answered, by application and status class.",
              "# TYPE edgeplane_requests_total counter"]
     for (app, cls), n in sorted(merged["requests"].items()):
@@ -93,10 +112,13 @@ def render_prometheus(merged: dict, gauges: dict[str, float], versions: dict[int
             lines.append(f'edgeplane_upstream_response_seconds_bucket{{upstream="{_label(name)}",le="{le}"}} {cumulative}')
         lines.append(f'edgeplane_upstream_response_seconds_sum{{upstream="{_label(name)}"}} {series[-2]}')
         lines.append(f'edgeplane_upstream_response_seconds_count{{upstream="{_label(name)}"}} {series[-1]}')
-    lines += ["# HELP edgeplane_mirror_requests_total Mirrored copies, by shadow upstream and result.",
-              "# TYPE edgeplane_mirror_requests_total counter"]
-    for (upstream, result), n in sorted(merged.get("mirrors", {}).items()):
-        lines.append(f'edgeplane_mirror_requests_total{{upstream="{_label(upstream)}",result="{result}"}} {n}')
+    for family, (metric, help_text, names) in COUNTERS.items():
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} counter"]
+        for labels, n in sorted(merged["counters"].get(family, {}).items()):
+            lines.append(f"{metric}{{{_labels(dict(zip(names, labels)))}}} {n}")
+    for metric, help_text, rows in labeled:
+        lines += [f"# HELP {metric} {help_text}", f"# TYPE {metric} gauge"]
+        lines += [f"{metric}{{{_labels(labels)}}} {value}" for labels, value in rows]
     lines += ["# HELP edgeplane_tls_handshake_failures_total TLS handshakes that failed or timed out.",
               "# TYPE edgeplane_tls_handshake_failures_total counter",
               f"edgeplane_tls_handshake_failures_total {merged.get('tls_handshake_failures', 0)}"]
@@ -112,6 +134,10 @@ def render_prometheus(merged: dict, gauges: dict[str, float], versions: dict[int
     return "\n".join(lines) + "\n"
 
 
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f'{name}="{_label(str(value))}"' for name, value in labels.items())
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -121,7 +147,7 @@ class AccessLog:
     loop (outside any request) and writes them from a thread, one write per batch: the
     thread does only the system call, which leaves the interpreter lock to the loop."""
 
-    def __init__(self, target: str | None, worker: int = 0, max_pending: int = 50_000):
+    def __init__(self, target: str | None, worker: int | None = 0, max_pending: int = 50_000):
         self.target = target
         self.worker = worker
         self.pending: list[tuple] = []
@@ -139,7 +165,8 @@ class AccessLog:
     def enabled(self) -> bool:
         return bool(self.target)
 
-    def append(self, record: tuple) -> None:
+    def append(self, record: tuple | dict) -> None:
+        """A request's raw fields (a tuple), or an event line already made (a dict with `event`)."""
         if len(self.pending) >= self.max_pending:
             self.dropped += 1
         else:
@@ -163,8 +190,12 @@ class AccessLog:
         wall = time.time() - time.monotonic()  # monotonic → wall clock, once per batch
         worker, dumps = self.worker, orjson.dumps
         lines = []
-        for (start, end, request_id, client, method, host, target, status, bytes_in, bytes_out, app, rule,
-             upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version, tls) in batch:
+        for record in batch:
+            if type(record) is dict:
+                lines.append(dumps(record))
+                continue
+            (start, end, request_id, client, method, host, target, status, bytes_in, bytes_out, app, rule,
+             upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version, tls) = record
             identity = tls.identity if tls is not None else None
             lines.append(dumps(dict(zip(LOG_FIELDS, (
                 round(wall + start, 6), request_id.decode("latin-1") or None, client, method or None, host,

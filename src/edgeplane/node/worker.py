@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,23 @@ from .tickets import KEY_FILE, TicketKeyRing
 from .tls import ContextCache, NameCache, Site
 
 TICK = 0.1  # deadline resolution in seconds
+TRANSITIONS_KEPT = 100  # recent endpoint transitions shown in /status
+HEALTH_FILE = "health.json"  # the master's latest health verdicts, in its run directory
 
 
 def log(event: str, **fields: Any) -> None:
     record = {"time": round(time.time(), 3), "event": event, **fields}
     sys.stderr.write(json.dumps(record) + "\n")
     sys.stderr.flush()
+
+
+def file_signature(path: Path) -> tuple:
+    """What tells a changed file apart: inode, modification time, size (empty: no file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 def open_listener(host: str, port: int) -> socket.socket:
@@ -65,7 +77,8 @@ class Worker:
         self.index = index
         self.partition = partition
         self.control_path = control_path
-        self.registry = EndpointRegistry()
+        self.registry = EndpointRegistry(reporter=self)
+        self.transitions: deque[dict] = deque(maxlen=TRANSITIONS_KEPT)
         self.runtime: Runtime = None
         self.connections: set[ClientConnection] = set()
         self.busy: set = set()
@@ -119,6 +132,19 @@ class Worker:
                 exchange.runtime.version, exchange.client.tls,
             ))
 
+    def transition(self, upstream: str, endpoint: str, source: str, state: str, cause: str) -> None:
+        """An endpoint changed state here (ejected, returned, ...): kept for /status, counted,
+        and written to the access log as an event line."""
+        event = {"time": round(time.time(), 3), "upstream": upstream, "endpoint": endpoint, "source": source,
+                 "state": state, "cause": cause, "worker": self.index}
+        self.transitions.append(event)
+        self.metrics.count("transitions", upstream, endpoint, source, state)
+        if self.access_log.enabled and self.runtime.access_log.enabled:
+            self.access_log.append({"event": "transition", **event, "config_version": self.runtime.version})
+
+    def count(self, family: str, *labels: str) -> None:
+        self.metrics.count(family, *labels)
+
     def log_rejection(self, client: ClientConnection, rejection: Rejection) -> None:
         self.metrics.record("-", rejection.status, None, 0.0)
         if self.access_log.enabled:
@@ -131,11 +157,7 @@ class Worker:
     # --- configuration -----------------------------------------------------------------
 
     def file_signature(self) -> tuple:
-        try:
-            st = self.config_path.stat()
-        except OSError:
-            return ()
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
+        return file_signature(self.config_path)
 
     def load_runtime(self, path: Path | None = None) -> Runtime:
         config = load(path or self.config_path)
@@ -253,7 +275,11 @@ class Worker:
                     self.tickets.reload_if_changed()
                     if self.file_signature() != self.signature:
                         self.reload("file changed")
-                    self.registry.sweep(time.monotonic())
+                    now = time.monotonic()
+                    self.registry.sweep(now)
+                    for upstream in self.runtime.upstreams.values():
+                        if upstream.detector is not None:
+                            upstream.detector.sweep(now)
                     if os.getppid() != parent:
                         log("master_gone", worker=self.index)
                         self.stop()
@@ -282,12 +308,26 @@ class Worker:
         self.control = await asyncio.start_unix_server(self.answer_control, path=self.control_path)
 
     async def answer_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One line `<command> [json]` from the master, one JSON line back."""
         try:
-            await reader.readline()
-            writer.write(json.dumps(self.status()).encode() + b"\n")
+            command, _, payload = (await reader.readline()).strip().partition(b" ")
+            if command == b"health":
+                answer: dict = {"applied": self.registry.apply_health(json.loads(payload))}
+            else:
+                answer = self.status()
+            writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         finally:
             writer.close()
+
+    def load_health(self) -> None:
+        """A worker (re)started by the master begins with the node's current health verdicts."""
+        if not self.control_path:
+            return
+        try:
+            self.registry.apply_health(json.loads(Path(self.control_path).with_name(HEALTH_FILE).read_text()))
+        except (OSError, ValueError, KeyError):
+            pass  # no check has failed yet (or none is configured)
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -296,6 +336,7 @@ class Worker:
             "connections": len(self.connections), "draining": self.draining,
             "reloads": self.reloads, "last_error": self.last_error,
             "access_log_dropped": self.access_log.dropped, "metrics": self.metrics.snapshot(),
+            "transitions": list(self.transitions),
             "upstreams": {
                 name: [e.status(now) for e in self.registry.endpoints.values() if e.upstream == name]
                 for name in self.runtime.upstreams
@@ -330,6 +371,7 @@ class Worker:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
+        self.load_health()
         try:
             runtime = self.load_runtime()
         except ConfigError as error:
