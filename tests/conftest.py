@@ -75,7 +75,8 @@ class Node:
         self.write_config(config)
         args = [sys.executable, "-m", "edgeplane", "node", "--config", str(self.config_path),
                 "--bind", "127.0.0.1", "--status", f"127.0.0.1:{self.status_port}",
-                "--workers", str(workers), "--access-log", str(self.access_log_path) if access_log else "off"]
+                "--workers", str(workers), "--access-log", str(self.access_log_path) if access_log else "off",
+                "--data-dir", str(tmp / "data")]
         self.stderr = open(self.stderr_path, "wb")
         self.proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=self.stderr)
         wait_port(self.status_port, timeout=30, proc=self.proc)

@@ -29,10 +29,11 @@ class Endpoint:
         "ewma", "ewma_at", "max_idle", "idle_timeout", "max_requests", "max_fails", "fail_timeout",
         "retired", "connects", "requests", "label", "fail_until", "ejected_until", "unhealthy",
         "detector", "consecutive_5xx", "consecutive_gateway", "answered", "errors", "times_ejected",
-        "ejection_since",
+        "ejection_since", "tls",
     )
 
-    def __init__(self, upstream: str, server: Server, pool: Pool, max_fails: int = 1):
+    def __init__(self, upstream: str, server: Server, pool: Pool, max_fails: int = 1,
+                 tls: tuple | None = None):
         self.key = (upstream, server.address, server.port)
         self.upstream = upstream
         self.address = server.address
@@ -57,10 +58,15 @@ class Endpoint:
         self.connects = 0
         self.requests = 0
         self.retired = False
-        self.configure(server, pool, max_fails)
+        self.tls = tls
+        self.configure(server, pool, max_fails, tls)
 
-    def configure(self, server: Server, pool: Pool, max_fails: int) -> None:
+    def configure(self, server: Server, pool: Pool, max_fails: int, tls: tuple | None = None) -> None:
         """`max_fails`: the server's own, or its upstream's default when it has none."""
+        if tls != self.tls:  # (client context, server name): pooled connections spoke the old way
+            self.tls = tls
+            while self.idle:
+                self.idle.pop().close()
         self.max_idle = pool.max_idle
         self.idle_timeout = pool.idle_timeout
         self.max_requests = pool.max_requests
@@ -145,16 +151,18 @@ class EndpointRegistry:
         self.failing: dict[tuple[str, str, int], str] = {}  # servers the active checks fail, and why
         self.health_sequence = -1
 
-    def get(self, upstream: str, server: Server, pool: Pool, max_fails: int = 1) -> Endpoint:
+    def get(self, upstream: str, server: Server, pool: Pool, max_fails: int = 1,
+            tls: tuple | None = None) -> Endpoint:
+        """`tls`: (client SSLContext, server name) for an upstream spoken to over TLS."""
         key = (upstream, server.address, server.port)
         endpoint = self.endpoints.get(key)
         if endpoint is None or endpoint.retired:
-            endpoint = self.endpoints[key] = Endpoint(upstream, server, pool, max_fails)
+            endpoint = self.endpoints[key] = Endpoint(upstream, server, pool, max_fails, tls)
             if key in self.failing:
                 endpoint.unhealthy = True
                 endpoint.refresh()
         else:
-            endpoint.configure(server, pool, max_fails)
+            endpoint.configure(server, pool, max_fails, tls)
         return endpoint
 
     def apply_health(self, message: dict) -> bool:

@@ -59,7 +59,7 @@ class TlsListener:
             worker.tls_failure(site, error)
             conn.close()
             return
-        worker.spawn(self.handshake(conn, context, TlsSession(hello)))
+        worker.spawn(self.handshake(conn, context, TlsSession(hello, site.policy.client_auth is not None)))
 
     async def handshake(self, conn: socket.socket, context: ssl.SSLContext, session: TlsSession) -> None:
         from .client import ClientConnection

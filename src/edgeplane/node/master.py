@@ -4,8 +4,9 @@ Workers are separate interpreter processes (not forks of a running loop); each o
 same ports with SO_REUSEPORT. The master forwards SIGHUP, drains on SIGTERM, restarts a
 worker that died, and answers /metrics and /status by asking every worker over its
 control socket and merging. It also runs what a node does once rather than once per
-worker — TLS ticket keys, the active health checks — from each config it sees
-(`apply_config`), and tells the workers the health verdicts. It never touches client traffic.
+worker — TLS ticket keys, the active health checks, ACME orders — from each config it
+sees (`apply_config`), and tells the workers the health verdicts and new certificates.
+It never touches client traffic.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from pathlib import Path
 
 from ..model.config import Config
 from ..model.load import ConfigError, load
+from .acme import AcmeManager
 from .health import HealthRunner
 from .telemetry import AccessLog, Metrics, merge, render_prometheus
 from .tickets import KEY_FILE, TicketKeyFile
 from .worker import HEALTH_FILE, TRANSITIONS_KEPT, file_signature, log
 
 HOUSEKEEPING = 1.0  # seconds between two looks at the config file and the ticket keys
+ACME_RETRY = 30.0   # seconds before a failed ACME order is tried again (check_interval if shorter)
 
 
 class Master:
@@ -48,6 +51,10 @@ class Master:
         self.restarts = 0
         self.status_server: asyncio.AbstractServer | None = None  # held: an unreferenced server may be collected
         self.settings = Config().settings
+        self.certificates: list = []
+        self.acme = AcmeManager(Path(self.data_dir), log) if self.data_dir else None
+        self.acme_next = 0.0  # when the next ACME check is due (monotonic); 0: now
+        self.acme_running = False
         self.config_signature: tuple = ()
         self.tickets: TicketKeyFile | None = None
         self.health = HealthRunner(self.publish_health, self.record_transition)
@@ -132,7 +139,8 @@ class Master:
     def apply_config(self, config: Config) -> None:
         """Run what the node runs once from this config: the file watcher calls it, and so
         can any other source of configs."""
-        self.settings = config.settings
+        self.settings, self.certificates = config.settings, config.certificates
+        self.acme_next = 0.0  # new certificates or settings: look at once
         tickets = self.settings.tls.session_tickets
         if self.tickets is None or self.tickets.settings != tickets:
             previous = self.tickets.keys if self.tickets is not None else []
@@ -146,6 +154,7 @@ class Master:
                 self.read_config()
                 if self.tickets is not None:
                     self.tickets.refresh()
+                self.start_acme_check()
                 await self.events.flush()
             except Exception as error:  # node-wide work must outlive any one failure
                 log("master_housekeeping_error", error=f"{type(error).__name__}: {error}")
@@ -176,6 +185,28 @@ class Master:
         task = asyncio.ensure_future(coroutine)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    def start_acme_check(self) -> None:
+        settings = self.settings.acme
+        if (self.acme is None or settings is None or self.acme_running or time.monotonic() < self.acme_next
+                or not any(c.acme for c in self.certificates)):
+            return
+        self.acme_running = True
+        self.acme_next = time.monotonic() + settings.check_interval
+        self.spawn(self.acme_check(settings, list(self.certificates)))
+
+    async def acme_check(self, settings, certificates: list) -> None:
+        """Issue or renew what is due (in a thread: the ACME client blocks), then tell every
+        worker to pick the new certificates up."""
+        try:
+            issued, failed = await asyncio.get_running_loop().run_in_executor(
+                None, self.acme.check, settings, certificates)
+            if failed:
+                self.acme_next = min(self.acme_next, time.monotonic() + ACME_RETRY)
+            if issued:
+                await asyncio.gather(*(self.ask(i, line=b"certificates\n") for i in range(self.count)))
+        finally:
+            self.acme_running = False
 
     # --- status port -------------------------------------------------------------------
 
@@ -306,7 +337,6 @@ class Master:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.read_config()
         self.tickets.refresh()  # before any worker: the first handshakes already share keys
-        housekeeping = asyncio.ensure_future(self.housekeeping())
         for index in range(self.count):
             await self.start_worker(index)
         for index in range(self.count):
@@ -323,6 +353,7 @@ class Master:
             host, _, port = self.status_address.rpartition(":")
             self.status_server = await asyncio.start_server(self.answer_status, host or "127.0.0.1", int(port))
         supervisors = [asyncio.ensure_future(self.supervise(i)) for i in range(self.count)]
+        housekeeping = asyncio.ensure_future(self.housekeeping())  # ACME needs the workers' ports open
         log("node_ready", workers=self.count, bind=self.bind, status=self.status_address,
             config=self.config, pid=os.getpid())
         await done.wait()

@@ -68,13 +68,19 @@ def config_version(config: Config) -> str:
 
 def compile_runtime(config: Config, registry: EndpointRegistry, partition: str = "default",
                     data_dir: Path | None = None, names: NameCache | None = None) -> Runtime:
+    names = names or NameCache()
+    certificates = {c.name: c for c in config.certificates}
     upstreams: dict[str, UpstreamRuntime] = {}
     for upstream in config.upstreams:
         primaries, backups = [], []
         detection = upstream.outlier_detection
+        tls = upstream.tls
+        context = names.upstream(tls, certificates.get(tls.certificate)) if tls is not None else None
         for server in upstream.servers:
+            server_name = (tls.server_name or upstream.host or server.address) if tls is not None else None
             # With outlier detection, a server is not also taken out by its first failure.
-            endpoint = registry.get(upstream.name, server, upstream.pool, max_fails=0 if detection else 1)
+            endpoint = registry.get(upstream.name, server, upstream.pool, max_fails=0 if detection else 1,
+                                    tls=(context, server_name) if context else None)
             endpoint.detector = None
             (backups if server.backup else primaries).append((endpoint, server.weight))
         everyone = [endpoint for endpoint, _ in primaries + backups]
@@ -101,6 +107,9 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
             table = ports.setdefault(port, DomainTable())
             for domain in app.domains:
                 table.add(domain, compiled)
+    tls = compile_tls([a for a in config.applications if partition in a.partitions], config.certificates,
+                      data_dir, names)
+    names.done()
     return Runtime(
         version=config_version(config),
         config=config,
@@ -109,8 +118,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
         ports=ports,
         upstreams=upstreams,
         trusted=PrefixTable([(cidr, "trusted") for cidr in settings.trusted_proxies]),
-        tls=compile_tls([a for a in config.applications if partition in a.partitions], config.certificates,
-                        data_dir, names),
+        tls=tls,
         acme_challenges=challenge_directory(data_dir) if settings.acme is not None and data_dir else None,
     )
 

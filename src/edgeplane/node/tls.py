@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..model.config import Application, Certificate, TlsPolicy, UpstreamTls
+from .acme import acme_paths
 from .clienthello import ClientHello, ja4
 from .domains import DomainTable
 from .openssl import set_session_id_context, set_ticket_callback
 
 ALPN = ["http/1.1"]  # what the node speaks; never offer more
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
-ACME_DIRECTORY = "acme"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,11 +49,6 @@ class Site:
     policy_key: str                                      # the policy (and application), as text
     application: str = field(compare=False)
     policy: TlsPolicy = field(compare=False)
-
-
-def acme_paths(data_dir: Path, name: str) -> tuple[Path, Path]:
-    base = data_dir / ACME_DIRECTORY / "certs"
-    return base / f"{name}.crt", base / f"{name}.key"
 
 
 def _stamp(*paths: str) -> tuple:
@@ -138,11 +133,20 @@ TlsTable = dict[int, DomainTable[Site]]
 
 
 class NameCache:
-    """Certificate names by source, kept from one compile to the next (only those still used)."""
+    """What compiling TLS settings made, kept from one compile to the next (only what is
+    still used): certificate names by source, upstream client contexts by settings."""
 
     def __init__(self) -> None:
         self.names: dict[Source, list[str]] = {}
         self.next: dict[Source, list[str]] = {}
+        self.upstreams: dict[tuple, ssl.SSLContext] = {}
+        self.next_upstreams: dict[tuple, ssl.SSLContext] = {}
+
+    def upstream(self, settings: UpstreamTls, client: Certificate | None) -> ssl.SSLContext:
+        key = (settings, source_of(client, None) if client is not None else None)
+        context = self.next_upstreams.get(key) or self.upstreams.get(key) or upstream_context(settings, client)
+        self.next_upstreams[key] = context
+        return context
 
     def get(self, source: Source) -> list[str]:
         names = self.next.get(source)
@@ -155,14 +159,14 @@ class NameCache:
 
     def done(self) -> None:
         self.names, self.next = self.next, {}
+        self.upstreams, self.next_upstreams = self.next_upstreams, {}
 
 
 def compile_tls(applications: list[Application], certificates: list[Certificate], data_dir: Path | None,
-                names: NameCache | None = None) -> TlsTable:
+                names: NameCache) -> TlsTable:
     """The HTTPS ports of these applications; each domain gets the application's certificate
     valid for it (the first one when none is). A name no domain claims gets the catch-all
     application's site, else the first application's."""
-    names = names or NameCache()
     by_name = {c.name: c for c in certificates}
     sources: dict[str, Source | None] = {}
     ports: TlsTable = {}
@@ -182,7 +186,6 @@ def compile_tls(applications: list[Application], certificates: list[Certificate]
             site = sites[id(first_covering(valid_for, domain) or chosen[0])]
             for port in app.https_ports:
                 ports.setdefault(port, DomainTable(first_is_default=True)).add(domain, site)
-    names.done()
     return ports
 
 
@@ -249,12 +252,12 @@ class TlsSession:
 
     __slots__ = ("hello", "sni", "ssl_object", "_ja4", "_identity")
 
-    def __init__(self, hello: ClientHello):
+    def __init__(self, hello: ClientHello, client_auth: bool = False):
         self.hello = hello
         self.sni = hello.server_name
         self.ssl_object: ssl.SSLObject | None = None
         self._ja4 = ""
-        self._identity: Identity | None = None
+        self._identity: Identity | None = None if client_auth else NO_IDENTITY
 
     @property
     def ja4(self) -> str:

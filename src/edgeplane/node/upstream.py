@@ -166,10 +166,11 @@ async def open_connection(endpoint: Endpoint, timeout: float) -> UpstreamConnect
     """A new connection to an endpoint, counted; a failure (OSError, TimeoutError) counts
     against the endpoint's passive health before it is raised."""
     loop = asyncio.get_running_loop()
+    context, server_name = endpoint.tls or (None, None)
     try:
         _, connection = await asyncio.wait_for(
-            loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.address, endpoint.port),
-            timeout or None)
+            loop.create_connection(lambda: UpstreamConnection(endpoint), endpoint.address, endpoint.port,
+                                   ssl=context, server_hostname=server_name), timeout or None)
     except (TimeoutError, OSError):
         endpoint.failed(monotonic())
         raise

@@ -21,7 +21,7 @@ UPGRADE = 5        # hop-by-hop, but a WebSocket upgrade is carried across expli
 HOST = 6
 EXPECT = 7
 FORWARDED_FOR = 8  # X-Forwarded-For: appended to
-REPLACED = 9       # X-Forwarded-Proto / -Host: the node sets these itself
+REPLACED = 9       # X-Forwarded-Proto / -Host / -Client-Cert: the node sets these itself
 REQUEST_ID = 10
 # Classes 1..UPGRADE are hop-by-hop or framing in both directions; the others matter only
 # in requests, so a response header of those classes passes through.
@@ -31,6 +31,7 @@ _CLASSES = {
     b"trailer": HOP, b"upgrade": UPGRADE, b"transfer-encoding": TRANSFER, b"content-length": LENGTH,
     b"host": HOST, b"expect": EXPECT, b"x-forwarded-for": FORWARDED_FOR,
     b"x-forwarded-proto": REPLACED, b"x-forwarded-host": REPLACED, b"x-request-id": REQUEST_ID,
+    b"x-forwarded-client-cert": REPLACED,
 }
 _BY_SPELLING = dict(_CLASSES)
 for _name, _cls in _CLASSES.items():
@@ -167,5 +168,9 @@ def request_head(request: Any, upstream: Any, endpoint_label: str, client_ip: by
     parts += (b"X-Forwarded-For: ", request.forwarded_for + b", " + client_ip if request.forwarded_for
               else client_ip, b"\r\nX-Forwarded-Proto: ", request.scheme_bytes,
               b"\r\nX-Forwarded-Host: ", request.host_header, b"\r\nX-Request-Id: ",
-              request.request_id, b"\r\n", extra, framing)
+              request.request_id, b"\r\n")
+    tls = request.tls
+    if tls is not None and tls.identity.header:  # a verified client certificate
+        parts += (b"X-Forwarded-Client-Cert: ", tls.identity.header, b"\r\n")
+    parts += (extra, framing)
     return b"".join(parts)

@@ -183,7 +183,8 @@ class Worker:
         temporary.write_text(dump(self.runtime.config))
         os.replace(temporary, path)
 
-    def reload(self, reason: str) -> bool:
+    def reload(self, reason: str, force: bool = False) -> bool:
+        """`force`: swap even when the config did not change (certificate files did)."""
         self.signature = self.file_signature()
         try:
             runtime = self.load_runtime()
@@ -193,7 +194,7 @@ class Worker:
             log("config_rejected", worker=self.index, reason=reason, errors=str(error).splitlines(),
                 serving=self.runtime.version if self.runtime else None)
             return False
-        if self.runtime is not None and runtime.version == self.runtime.version:
+        if self.runtime is not None and runtime.version == self.runtime.version and not force:
             return True
         try:
             self.reconcile_listeners(runtime)
@@ -313,6 +314,8 @@ class Worker:
             command, _, payload = (await reader.readline()).strip().partition(b" ")
             if command == b"health":
                 answer: dict = {"applied": self.registry.apply_health(json.loads(payload))}
+            elif command == b"certificates":  # the master issued or renewed certificates
+                answer = {"reloaded": self.reload("certificates changed", force=True)}
             else:
                 answer = self.status()
             writer.write(json.dumps(answer).encode() + b"\n")

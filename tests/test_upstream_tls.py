@@ -1,0 +1,132 @@
+"""TLS to upstreams: the server's certificate checked (a CA bundle or the system store), the
+SNI name sent, a client certificate for mTLS, and pooled TLS connections reused."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import trustme
+
+from conftest import app_config, free_port, wait_port
+
+CA = trustme.CA()
+SERVER = CA.issue_cert("backend.test")
+NODE_CLIENT = CA.issue_cert("node.client.test")
+
+
+class TlsBackend:
+    """An HTTPS server on 127.0.0.1 that answers with what it saw: the SNI name, the client
+    certificate's subject, and which connection (client port) carried the request."""
+
+    def __init__(self, require_client_cert: bool = False):
+        names: dict[int, str] = {}
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                peer = self.connection.getpeercert()
+                body = json.dumps({"sni": names.get(self.client_address[1]), "port": self.client_address[1],
+                                   "client": dict(x[0] for x in peer["subject"]) if peer else None}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        SERVER.configure_cert(context)
+        if require_client_cert:
+            context.verify_mode = ssl.CERT_REQUIRED
+            CA.configure_trust(context)
+
+        def remember(sslobj: ssl.SSLObject, name: str | None, _context: ssl.SSLContext) -> None:
+            names[sslobj.getpeername()[1]] = name
+        context.sni_callback = remember
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def backend_tls():
+    servers: list[TlsBackend] = []
+
+    def start(**options: bool) -> TlsBackend:
+        servers.append(TlsBackend(**options))
+        return servers[-1]
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def pem(cert: trustme.LeafCert) -> dict:
+    return {"cert": "".join(b.bytes().decode() for b in cert.cert_chain_pems),
+            "key": cert.private_key_pem.bytes().decode()}
+
+
+def start(node, backend: TlsBackend, tls: dict, certificates: list | None = None):
+    port = free_port()
+    config = app_config([{"address": "127.0.0.1", "port": backend.port}], port, upstream={"tls": tls})
+    if certificates:
+        config["certificates"] = certificates
+    node(config)
+    wait_port(port)
+    return port
+
+
+def get(port: int, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/", headers={"Host": "app.test"})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def test_a_verified_tls_upstream_gets_its_name_and_pooled_connections_are_reused(node, backend_tls):
+    backend = backend_tls()
+    port = start(node, backend, {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    answers = [json.loads(get(port, conn)[1]) for _ in range(3)]
+    assert {a["sni"] for a in answers} == {"backend.test"}
+    assert len({a["port"] for a in answers}) == 1  # one TLS connection carried all three
+
+
+def test_a_server_the_ca_does_not_vouch_for_is_a_502(node, backend_tls):
+    backend = backend_tls()
+    port = start(node, backend, {"server_name": "backend.test"})  # the system store does not know the test CA
+    assert get(port)[0] == 502
+
+
+def test_a_name_the_certificate_does_not_hold_is_a_502(node, backend_tls):
+    backend = backend_tls()
+    port = start(node, backend, {"ca": CA.cert_pem.bytes().decode(), "server_name": "other.test"})
+    assert get(port)[0] == 502
+
+
+def test_verification_can_be_turned_off(node, backend_tls):
+    backend = backend_tls()
+    port = start(node, backend, {"verify": False})
+    assert get(port)[0] == 200
+
+
+def test_the_node_presents_its_client_certificate_to_an_mtls_upstream(node, backend_tls):
+    backend = backend_tls(require_client_cert=True)
+    tls = {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test", "certificate": "to-backend"}
+    port = start(node, backend, tls, [{"name": "to-backend", **pem(NODE_CLIENT)}])
+    status, body = get(port)
+    assert status == 200 and json.loads(body)["client"] is not None
+    without = start(node, backend, {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"})
+    assert get(without)[0] == 502
