@@ -111,12 +111,19 @@ class ClientConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = peer[0].encode() if peer else b""
-        if self.tls is not None:
+        if self.tls is not None:  # (counted against its address when it was accepted)
             self.tls.ssl_object = transport.get_extra_info("ssl_object")
+        elif not self.worker.client_limits.admit(peer[0] if peer else "",
+                                                 self.worker.runtime.limits.connections_per_client):
+            self.closing = True
+            transport.abort()
+            return
         self.worker.connections.add(self)
         self.deadline = monotonic() + self.worker.runtime.limits.client_header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.peer_ip is not None and (self.tls is not None or self in self.worker.connections):
+            self.worker.client_limits.release(self.peer_ip.decode())
         self.closing = True
         self.worker.connections.discard(self)
         if self.active is not None:

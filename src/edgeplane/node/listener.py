@@ -43,25 +43,34 @@ class TlsListener:
                 return
             except OSError:  # out of descriptors and the like: try again on the next wake-up
                 return
+            if not self.worker.client_limits.admit(address[0], self.worker.runtime.limits.connections_per_client):
+                conn.close()
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            PendingHello(self, conn).read()
+            PendingHello(self, conn, address[0]).read()
 
-    def hand_over(self, conn: socket.socket, hello: ClientHello) -> None:
+    def hand_over(self, conn: socket.socket, address: str, hello: ClientHello) -> None:
         worker = self.worker
         site = worker.runtime.tls_site(self.port, hello.server_name)
-        if site is None:
-            conn.close()
+        if site is None or not worker.client_limits.handshake(address, worker.runtime.limits.tls_handshakes_per_client):
+            self.refuse(conn, address)
             return
         try:
             context = worker.contexts.get(site)
         except (OSError, ssl.SSLError, ValueError) as error:
             worker.tls_failure(site, error)
-            conn.close()
+            self.refuse(conn, address)
             return
-        worker.spawn(self.handshake(conn, context, TlsSession(hello, site.policy.client_auth is not None)))
+        session = TlsSession(hello, site.policy.client_auth is not None)
+        worker.spawn(self.handshake(conn, address, context, session))
 
-    async def handshake(self, conn: socket.socket, context: ssl.SSLContext, session: TlsSession) -> None:
+    def refuse(self, conn: socket.socket, address: str) -> None:
+        """Close a connection that never became a client connection (its count ends here)."""
+        conn.close()
+        self.worker.client_limits.release(address)
+
+    async def handshake(self, conn: socket.socket, address: str, context: ssl.SSLContext, session: TlsSession) -> None:
         from .client import ClientConnection
         worker = self.worker
         try:
@@ -70,7 +79,7 @@ class TlsListener:
                 ssl_handshake_timeout=worker.runtime.limits.client_header_timeout)
         except (OSError, ssl.SSLError, TimeoutError, EOFError):
             worker.metrics.handshake_failed()
-            conn.close()
+            self.refuse(conn, address)
 
     def close(self) -> None:
         if not self.closed:
@@ -82,11 +91,12 @@ class TlsListener:
 class PendingHello:
     """An accepted connection whose ClientHello has not fully arrived yet."""
 
-    __slots__ = ("listener", "conn", "timer", "seen", "lowered")
+    __slots__ = ("listener", "conn", "address", "timer", "seen", "lowered")
 
-    def __init__(self, listener: TlsListener, conn: socket.socket):
+    def __init__(self, listener: TlsListener, conn: socket.socket, address: str):
         self.listener = listener
         self.conn = conn
+        self.address = address
         self.timer: asyncio.TimerHandle | None = None
         self.seen = -1        # bytes peeked at the last wake-up
         self.lowered = False  # the low-water mark was raised and must be put back
@@ -113,7 +123,7 @@ class PendingHello:
             self.wait(found)
             return
         self.stop_waiting()
-        self.listener.hand_over(self.conn, found)
+        self.listener.hand_over(self.conn, self.address, found)
 
     def wait(self, size: int) -> None:
         if size > 1:
@@ -135,4 +145,4 @@ class PendingHello:
     def drop(self) -> None:
         if self.conn.fileno() >= 0:
             self.stop_waiting()
-            self.conn.close()
+            self.listener.refuse(self.conn, self.address)

@@ -23,6 +23,7 @@ import uvloop
 
 from ..model.load import ConfigError, Problem, dump, load
 from .client import ClientConnection, Rejection
+from .clientlimits import ClientLimits
 from .endpoints import EndpointRegistry
 from .exchange import Exchange
 from .listener import TlsListener
@@ -102,6 +103,7 @@ class Worker:
         self.ticket_callback = ticket_callback(self.tickets.lookup)
         self.contexts = ContextCache(None)
         self.failed_sites: set[Site] = set()
+        self.client_limits = ClientLimits()
 
     # --- used by connections and exchanges ---------------------------------------------
 
@@ -340,6 +342,8 @@ class Worker:
             "reloads": self.reloads, "last_error": self.last_error,
             "access_log_dropped": self.access_log.dropped, "metrics": self.metrics.snapshot(),
             "transitions": list(self.transitions),
+            "refused_connections": self.client_limits.refused_connections,
+            "refused_handshakes": self.client_limits.refused_handshakes,
             "upstreams": {
                 name: [e.status(now) for e in self.registry.endpoints.values() if e.upstream == name]
                 for name in self.runtime.upstreams
