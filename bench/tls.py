@@ -77,7 +77,7 @@ def make_certificates(directory: str, count: int) -> tuple[str, list[tuple[str, 
 
 def _dates(now: float):
     import datetime
-    start = datetime.datetime.fromtimestamp(now - 86400, datetime.timezone.utc)
+    start = datetime.datetime.fromtimestamp(now - 86400, datetime.UTC)
     return start, start + datetime.timedelta(days=30)
 
 
