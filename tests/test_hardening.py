@@ -20,16 +20,21 @@ from edgeplane.node.request import normalize_path
 
 from conftest import app_config, free_port, raw_exchange, wait_port
 
+ACCEPT_WITHIN = 120.0  # seconds: longer than a node may take to start (30 s to open, 30 s to be ready)
+
 
 class ScriptedUpstream:
-    """Reads one request head, then plays `script`: a list of bytes to send or seconds to wait."""
+    """Reads one request head, then plays `script`: a list of bytes to send or seconds to wait.
+
+    It is made before the node that will connect to it, and a node can take tens of seconds
+    to start on a loaded machine: it waits for that connection as long as the test could."""
 
     def __init__(self, script: list):
         self.script = script
         self.received = bytearray()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(10)
+        self.sock.settimeout(ACCEPT_WITHIN)
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self) -> None:
