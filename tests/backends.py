@@ -2,8 +2,9 @@
 
 One small HTTP/1.1 server whose behaviour the test picks: it counts the TCP connections it
 accepts and sees closed, can serve one request per connection without announcing it,
-streams downloads and hashes uploads without holding them, and reports its counters on a
-separate control port, so that asking for them never changes what is counted.
+streams downloads and hashes uploads without holding them, can answer slowly or with an
+error status, and reports its counters on a separate control port, so that asking for
+them never changes what is counted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections import deque
+from http import HTTPStatus
 from urllib.parse import parse_qs, urlsplit
 
 import httptools
@@ -116,12 +118,13 @@ class Session:
             answer = {"pod": self.options.name, "method": method, "connection": self.number,
                       "served": self.served}
         body = json.dumps(answer).encode()
-        self.sock.sendall(self.head(len(body), keep_alive) + body)
+        self.sock.sendall(self.head(len(body), keep_alive, self.options.status) + body)
         return keep_alive
 
-    def head(self, length: int, keep_alive: bool) -> bytes:
+    def head(self, length: int, keep_alive: bool, status: int = 200) -> bytes:
         close = b"" if keep_alive else b"Connection: close\r\n"
-        return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n" % (length, close)
+        return b"HTTP/1.1 %d %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            status, HTTPStatus(status).phrase.encode(), length, close)
 
     def download(self, size: int, keep_alive: bool) -> None:
         self.sock.sendall(self.head(size, keep_alive))
@@ -163,6 +166,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--name", default="backend")
     parser.add_argument("--one-shot", choices=[AFTER_RESPONSE, ON_NEXT_REQUEST])
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
+    parser.add_argument("--status", type=int, default=200, help="the status of every answer")
     options = parser.parse_args(argv)
     counters = Counters()
     data = listen(options.port)
@@ -183,14 +187,14 @@ class Backend:
     """A backend process on a free port (or a given one, to come back where it was)."""
 
     def __init__(self, name: str = "backend", one_shot: str | None = None, delay: float = 0.0,
-                 port: int | None = None):
+                 port: int | None = None, status: int = 200):
         from conftest import ENV, free_port, wait_port  # here: the server process needs no harness
 
         self.name = name
         self.port = port or free_port()
         self.control = free_port()
         args = [sys.executable, __file__, "--port", str(self.port), "--control", str(self.control),
-                "--name", name, "--delay", str(delay)]
+                "--name", name, "--delay", str(delay), "--status", str(status)]
         if one_shot:
             args += ["--one-shot", one_shot]
         self.proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -41,6 +41,8 @@ from edgeplane.model.config import (
     RemoveRequestHeader,
     RemoveResponseHeader,
     Respond,
+    Retry,
+    RetryCondition,
     RewritePath,
     RewriteQuery,
     Rule,
@@ -132,6 +134,13 @@ EVERY_ACTION = [
     ('split "a", "b" 0 sticky "cookie:user" timeout 2s backend-timeout 1h',
      Split(upstreams=[WeightedUpstream(upstream="a"), WeightedUpstream(upstream="b", weight=0)],
            sticky="cookie:user", timeout=2, backend_timeout=3600)),
+    ('proxy "api" retry 3 on "5xx", "reset" statuses 429, 503 backoff 10ms max-backoff 1s non-idempotent '
+     'replay-limit 1024',
+     Proxy(upstream="api", retry=Retry(attempts=3, retry_on=["5xx", "reset"], statuses=[429, 503], backoff=0.01,
+                                       max_backoff=1, non_idempotent=True, replay_limit=1024))),
+    ('split "a", "b" retry 2 on none statuses 503 timeout 2s',
+     Split(upstreams=[WeightedUpstream(upstream="a"), WeightedUpstream(upstream="b")], timeout=2,
+           retry=Retry(attempts=2, retry_on=[], statuses=[503]))),
     ('mirror "shadow"', Mirror(upstream="shadow")),
     ('mirror "shadow" percent 12.5', Mirror(upstream="shadow", percent=12.5)),
     ("deny", Deny()),
@@ -317,12 +326,20 @@ def _maybe(strategy: Any) -> Any:
 
 
 HEADER_CHANGE = {"name": TOKENS, "value": HEADER_VALUES}
+MILLISECONDS = st.integers(0, 10**6).map(lambda ms: ms / 1000)
+RETRIES = _maybe(st.builds(
+    lambda backoff, extra, **fields: Retry(backoff=backoff, max_backoff=None if extra is None else backoff + extra,
+                                           **fields),
+    MILLISECONDS, _maybe(MILLISECONDS), attempts=st.integers(1, 10),
+    retry_on=st.lists(st.sampled_from(get_args(RetryCondition)), max_size=4),
+    statuses=st.lists(st.integers(400, 599), max_size=3), non_idempotent=st.booleans(),
+    replay_limit=st.integers(0, 10**7)))
 ACTION_STRATEGIES = {
-    "proxy": st.builds(Proxy, upstream=NAMES, timeout=DURATIONS, backend_timeout=DURATIONS),
+    "proxy": st.builds(Proxy, upstream=NAMES, timeout=DURATIONS, backend_timeout=DURATIONS, retry=RETRIES),
     "split": st.builds(Split, upstreams=st.lists(st.builds(WeightedUpstream, upstream=NAMES, weight=st.integers(0, 10000)),
                                                  min_size=1, max_size=3),
                        sticky=_maybe(st.from_regex(_pattern(get_args(HashKey)[1].metadata), fullmatch=True)),
-                       timeout=DURATIONS, backend_timeout=DURATIONS),
+                       timeout=DURATIONS, backend_timeout=DURATIONS, retry=RETRIES),
     "mirror": st.builds(Mirror, upstream=NAMES, percent=st.floats(0, 100)),
     "deny": st.builds(Deny, status=st.integers(400, 599), body=TEXT),
     "set-request-header": st.builds(SetRequestHeader, **HEADER_CHANGE),

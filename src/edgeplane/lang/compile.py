@@ -70,19 +70,23 @@ class LocalResponse:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Proxy to `upstream` (the node's object for it) with the route's timeouts."""
+    """Proxy to `upstream` (the node's object for it) with the route's timeouts and retry
+    policy (as the node prepared it)."""
 
     upstream: Any
     timeout: float | None = None
     backend_timeout: float | None = None
+    retry: Any = None
 
 
 @dataclass(frozen=True)
 class CompileContext:
-    """What conditions need beyond the rule itself: default time zone, address → location."""
+    """What rules need beyond themselves: default time zone, address → location, and what
+    a route's `retry` becomes (the node prepares its own policy object once)."""
 
     timezone: str = "UTC"
     locate: Callable[[str], str] = lambda _ip: ""
+    retry_policy: Callable[[Any], Any] = lambda retry: retry
 
 
 # --- variables -----------------------------------------------------------------------
@@ -356,13 +360,18 @@ def _deny_step(action: Deny) -> Step:
     return lambda _request, _ops: response
 
 
-def _split_step(action: Split, upstreams: dict[str, Any]) -> Step:
+def _forward(action: Proxy | Split, upstream: Any, context: CompileContext) -> Forward:
+    retry = context.retry_policy(action.retry) if action.retry is not None else None
+    return Forward(upstream, action.timeout, action.backend_timeout, retry)
+
+
+def _split_step(action: Split, upstreams: dict[str, Any], context: CompileContext) -> Step:
     weighted = [(w.upstream, w.weight) for w in action.upstreams if w.weight > 0]
     if not weighted:
         failure = LocalResponse(500, [(b"Content-Type", b"text/plain; charset=utf-8")],
                                 b"500 Internal Server Error: every backend of this route has weight 0\n")
         return lambda _request, _ops: failure
-    forwards = [Forward(upstreams[name], action.timeout, action.backend_timeout) for name, _ in weighted]
+    forwards = [_forward(action, upstreams[name], context) for name, _ in weighted]
     bounds, total = [], 0
     for _, weight in weighted:
         total += weight
@@ -441,10 +450,11 @@ def _cors_step(action: Cors) -> Step:
     return cors
 
 
-def compile_action(action: Any, upstreams: dict[str, Any]) -> Step:
+def compile_action(action: Any, upstreams: dict[str, Any], context: CompileContext | None = None) -> Step:
     kind = action.kind
+    context = context or CompileContext()
     if isinstance(action, Proxy):
-        forward = Forward(upstreams[action.upstream], action.timeout, action.backend_timeout)
+        forward = _forward(action, upstreams[action.upstream], context)
         return lambda _request, _ops: forward
     if isinstance(action, (SetRequestHeader, AddRequestHeader, RemoveRequestHeader)):
         return _header_step(action.name, getattr(action, "value", None), kind.split("-", 1)[0])
@@ -459,7 +469,7 @@ def compile_action(action: Any, upstreams: dict[str, Any]) -> Step:
     if type(action) in simple:
         return simple[type(action)](action)
     if isinstance(action, Split):
-        return _split_step(action, upstreams)
+        return _split_step(action, upstreams, context)
     if isinstance(action, Mirror):
         return _mirror_step(action, upstreams)
     raise ValueError(f"no compiler for action {kind!r}")
@@ -575,7 +585,7 @@ def compile_rules(rules: list[Rule], upstreams: dict[str, Any], context: Compile
     for group, label_of in ((before, lambda i: f"global.before[{i}]"), (rules, lambda i: i),
                             (after, lambda i: f"global.after[{i}]")):
         for index, rule in ordered(list(group)):
-            steps = tuple(compile_action(action, upstreams) for action in rule.actions)
+            steps = tuple(compile_action(action, upstreams, context) for action in rule.actions)
             mutates = any(action.kind in MUTATING_ACTIONS for action in rule.actions)
             chain.append(_Compiled(compile_conditions(rule.conditions, context), steps, rule.last,
                                    label_of(index), mutates, rule.conditions))

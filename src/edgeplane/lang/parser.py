@@ -107,6 +107,7 @@ _FLAGS = {
     "caseless": ("caseless", True), "drop_query": ("keep_query", False),
     "allow_credentials": ("allow_credentials", True), "no_allow_methods": ("allow_methods", []),
     "include_subdomains": ("include_subdomains", True), "preload": ("preload", True),
+    "non_idempotent": ("non_idempotent", True), "no_retry_on": ("retry_on", []),
 }
 _ESCAPE = re.compile(r'\\(?:([\\"])|([nrt])|x([0-9A-Fa-f]{2})|u([0-9A-Fa-f]{4})|U([0-9A-Fa-f]{8})|(.))')
 _CONTROL = {"n": "\n", "r": "\r", "t": "\t"}
@@ -168,6 +169,16 @@ class _Reader(Transformer):
 
     def strings(self, children: list[Any]) -> _Part:
         return self._list([child if isinstance(child, _Part) else self._leaf(child) for child in children])
+
+    def numbers(self, children: list[Token]) -> _Part:
+        return self.strings(children)
+
+    @v_args(meta=True)
+    def retry(self, meta: Any, children: list[_Field]) -> _Field:
+        """A route's retry policy: its options are the fields of one nested object."""
+        written = self._assemble("retry", meta, children)
+        spots = {("." + path if path else path): spot for path, spot in written.spots.items()}
+        return _Field("retry", _Part(written.fields, spots), Spot(meta.line, meta.column))
 
     def upstreams(self, children: list[_Part]) -> _Field:
         return _Field("upstreams", self._list(children))

@@ -150,11 +150,12 @@ class Replacement(Part):
 
 
 @dataclass(frozen=True)
-class AllowMethods(Part):
-    """cors's `allow-methods`: its default is not empty, so an empty list is written `none`."""
+class NoneWhenEmpty(Part):
+    """A list whose default is not empty (cors's `allow-methods`, retry's `on`): an empty one
+    is written `KEYWORD none`."""
 
     def write(self, action: Action) -> str:
-        return "allow-methods none" if action.allow_methods == [] else super().write(action)
+        return f"{self.keyword} none" if getattr(action, self.field) == [] else super().write(action)
 
 
 def _option(field: str, render: Callable[[Any], str] = quote, keyword: str | None = None) -> Part:
@@ -173,7 +174,15 @@ def _weighted(upstreams: list[Any]) -> str:
     return ", ".join(f"{quote(u.upstream)} {u.weight}" for u in upstreams)
 
 
-_EXCHANGE = (_option("timeout", duration), _option("backend_timeout", duration))
+def _retry(retry: Any) -> str:
+    """A retry policy: its attempts, then the options that differ from their defaults."""
+    options = (NoneWhenEmpty("retry_on", "on", _strings), _option("statuses", lambda codes: ", ".join(map(str, codes))),
+               _option("backoff", duration), _option("max_backoff", duration),
+               Flag("non_idempotent", "non-idempotent"), _option("replay_limit", str))
+    return " ".join([str(retry.attempts)] + [text for part in options if (text := part.write(retry))])
+
+
+_EXCHANGE = (_option("timeout", duration), _option("backend_timeout", duration), _option("retry", _retry))
 _NAME_VALUE = (Part("name", always=True), Part("value", always=True))
 
 LAYOUT: dict[str, tuple[Part, ...]] = {
@@ -194,7 +203,7 @@ LAYOUT: dict[str, tuple[Part, ...]] = {
                  Flag("keep_query", "drop-query", value=False)),
     "respond": (Part("status", render=str, always=True), Part("body"), _option("content_type"),
                 _option("headers", _pairs)),
-    "cors": (Part("allow_origins", render=_strings, always=True), AllowMethods("allow_methods", "allow-methods", _strings),
+    "cors": (Part("allow_origins", render=_strings, always=True), NoneWhenEmpty("allow_methods", "allow-methods", _strings),
              _option("allow_headers", _strings), _option("expose_headers", _strings),
              Flag("allow_credentials", "allow-credentials"), _option("max_age", str)),
     "set-var": _NAME_VALUE,

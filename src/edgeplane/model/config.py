@@ -173,6 +173,25 @@ class OutlierDetection(Model):
         return self
 
 
+class CircuitBreaker(Model):
+    """Limits on what one upstream is asked at once, counted in each worker; past one, a
+    request fails at once with 503 naming the limit instead of waiting. Unset: no limit."""
+
+    max_connections: int | None = Field(None, ge=1, description="open connections to the upstream's servers")
+    max_pending_requests: int | None = Field(None, ge=1, description="requests waiting for a new connection")
+    max_requests: int | None = Field(None, ge=1, description="requests in flight")
+    max_retries: int | None = Field(None, ge=0, description="requests in flight that are retries")
+
+
+class RetryBudget(Model):
+    """Retries in flight may not exceed `percent` of the requests in flight on their first
+    try (but `min_concurrency` are always allowed): a fully failing upstream sees at most
+    (1 + percent/100) x the requests clients send it, plus that minimum."""
+
+    percent: float = Field(20.0, ge=0, le=100)
+    min_concurrency: int = Field(3, ge=0)
+
+
 class Upstream(Model):
     name: Name
     servers: list[Server] = Field(min_length=1)
@@ -184,6 +203,8 @@ class Upstream(Model):
     tls: UpstreamTls | None = Field(None, description="speak TLS to the servers (HTTPS upstream)")
     health_check: HealthCheck | None = None
     outlier_detection: OutlierDetection | None = None
+    circuit_breaker: CircuitBreaker | None = None
+    retry_budget: RetryBudget = RetryBudget()
 
     @model_validator(mode="after")
     def _hash_needs_key(self) -> Upstream:
@@ -324,14 +345,40 @@ class Action(Model):
         return {self.kind: handler(self)}
 
 
+RetryCondition = Literal["connect-failure", "reset", "gateway-error", "5xx"]
+
+
+class Retry(Model):
+    """Send a failed request again (Envoy's vocabulary): `connect-failure`; `reset` — closed
+    before an answer, or no answer within a try's timeout; `gateway-error` — those and 502,
+    503, 504; `5xx` — those and any 5xx; plus the `statuses` listed. Only idempotent methods
+    unless `non_idempotent`; waits a random time up to backoff x 2^(retry-1) (at most
+    `max_backoff`) before each retry; only bodies up to `replay_limit` are sent again."""
+
+    attempts: int = Field(2, ge=1, le=10, description="tries in all, the first included")
+    retry_on: list[RetryCondition] = Field(default_factory=lambda: ["gateway-error"])
+    statuses: list[Annotated[int, Field(ge=400, le=599)]] = Field(default_factory=list)
+    non_idempotent: bool = Field(False, description="retry POST, PATCH, ... too (they may have had effects)")
+    backoff: Duration = 0.025
+    max_backoff: Duration | None = Field(None, description="default: 10 x backoff")
+    replay_limit: Size = Field(64 * 1024, description="request bodies up to this size are kept to be sent again")
+
+    @model_validator(mode="after")
+    def _backoff(self) -> Retry:
+        if self.max_backoff is not None and self.max_backoff < self.backoff:
+            raise ValueError("max_backoff must not be shorter than backoff")
+        return self
+
+
 class Proxy(Action):
     """Send the request to an upstream; `timeout` bounds the whole exchange (504 after it),
-    `backend_timeout` each attempt's wait for the response."""
+    `backend_timeout` each try's wait for the response; `retry` sends failed tries again."""
 
     kind = "proxy"
     upstream: Name
     timeout: Duration | None = None
     backend_timeout: Duration | None = None
+    retry: Retry | None = None
 
 
 class WeightedUpstream(Model):
@@ -347,6 +394,7 @@ class Split(Action):
     sticky: HashKey | None = None
     timeout: Duration | None = None
     backend_timeout: Duration | None = None
+    retry: Retry | None = None
 
 
 class Mirror(Action):

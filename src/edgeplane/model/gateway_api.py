@@ -36,6 +36,7 @@ from .config import (
     RemoveRequestHeader,
     RemoveResponseHeader,
     Respond,
+    RetryBudget,
     RewritePath,
     Rule,
     Server,
@@ -984,7 +985,9 @@ class _Exporter:
             ("balance", upstream.balance != "round-robin"), ("server weights", any(s.weight != 1 for s in upstream.servers)),
             ("backup servers", any(s.backup for s in upstream.servers)), ("host", upstream.host is not None),
             ("health_check", upstream.health_check is not None),
-            ("outlier_detection", upstream.outlier_detection is not None)) if changed]
+            ("outlier_detection", upstream.outlier_detection is not None),
+            ("circuit_breaker", upstream.circuit_breaker is not None),
+            ("retry_budget", upstream.retry_budget != RetryBudget())) if changed]
         if lost:
             self.warn("Upstream", upstream.name, "", f"{', '.join(lost)} have no Gateway API equivalent; not exported")
         return key

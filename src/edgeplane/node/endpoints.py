@@ -14,6 +14,8 @@ import math
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .breaker import Breaker
+
 if TYPE_CHECKING:
     from ..model.config import Pool, Server
     from .upstream import UpstreamConnection
@@ -28,7 +30,7 @@ class Endpoint:
         "key", "upstream", "address", "port", "idle", "active", "failures", "down_until",
         "ewma", "ewma_at", "max_idle", "idle_timeout", "max_requests", "max_fails", "fail_timeout",
         "retired", "connects", "requests", "label", "fail_until", "ejected_until", "unhealthy",
-        "detector", "consecutive_5xx", "consecutive_gateway", "answered", "errors", "times_ejected",
+        "detector", "breaker", "consecutive_5xx", "consecutive_gateway", "answered", "errors", "times_ejected",
         "ejection_since", "tls",
     )
 
@@ -47,6 +49,7 @@ class Endpoint:
         self.ejected_until = 0.0    # outlier detection (0: not ejected)
         self.unhealthy = False      # the node's active health check fails
         self.detector = None        # the upstream's OutlierDetector, when it has one
+        self.breaker: Breaker = None  # the upstream's counters and limits in this worker (set by the registry)
         self.consecutive_5xx = 0
         self.consecutive_gateway = 0
         self.answered = 0           # answers and failures in this success-rate interval
@@ -142,12 +145,14 @@ class Endpoint:
 
 
 class EndpointRegistry:
-    """All endpoints of a worker, reused across runtimes by (upstream, address, port), and
-    the node's active health verdict on them (from the master, applied to each)."""
+    """All endpoints of a worker, reused across runtimes by (upstream, address, port), each
+    upstream's breaker (by name), and the node's active health verdict on the endpoints
+    (from the master, applied to each)."""
 
     def __init__(self, reporter: Any = None) -> None:
         self.reporter = reporter  # told of transitions and counted events (the worker)
         self.endpoints: dict[tuple[str, str, int], Endpoint] = {}
+        self.breakers: dict[str, Breaker] = {}
         self.failing: dict[tuple[str, str, int], str] = {}  # servers the active checks fail, and why
         self.health_sequence = -1
 
@@ -163,7 +168,14 @@ class EndpointRegistry:
                 endpoint.refresh()
         else:
             endpoint.configure(server, pool, max_fails, tls)
+        endpoint.breaker = self.breaker(upstream)
         return endpoint
+
+    def breaker(self, upstream: str) -> Breaker:
+        breaker = self.breakers.get(upstream)
+        if breaker is None:
+            breaker = self.breakers[upstream] = Breaker(upstream, self.reporter)
+        return breaker
 
     def apply_health(self, message: dict) -> bool:
         """Take the master's list of failing servers, unless an older one arrives late."""
@@ -181,6 +193,9 @@ class EndpointRegistry:
     def retain(self, keys: set[tuple[str, str, int]]) -> None:
         for key in [k for k in self.endpoints if k not in keys]:
             self.endpoints.pop(key).retire()
+        names = {key[0] for key in keys}
+        for name in [n for n in self.breakers if n not in names]:
+            del self.breakers[name]
 
     def sweep(self, now: float) -> None:
         for endpoint in self.endpoints.values():

@@ -2,9 +2,11 @@
 
 The exchange owns the decisions of the proxy phase: which endpoint, when to try another
 (connect failures; a reused connection that died before answering, for idempotent
-requests with a replayable body), and how failures map to 502/503/504. It streams bodies
-both ways (holding at most what arrives while an upstream connection opens, and a 64 KiB
-copy for the one retry) and holds the runtime it started with until it ends.
+requests with a replayable body; what the route's retry policy covers, when the
+upstream's breaker affords it), and how failures map to 502/503/504. It streams bodies
+both ways (holding at most what arrives while an upstream connection opens, and a copy of
+small bodies to send again) and holds the runtime it started with until it ends. What a
+retry policy covers lives in `retry.py`, the limits in `breaker.py`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 from ..lang.compile import LocalResponse
 from .acme import CHALLENGE_PREFIX, challenge_answer
 from .mirror import MirrorExchange
+from .retry import CONNECT_FAILURE, RESET
 from .upstream import UpstreamConnection, open_connection
 from .wire import (
     CONNECTION,
@@ -38,14 +41,17 @@ from .wire import (
 )
 
 if TYPE_CHECKING:
+    from .breaker import Breaker
     from .client import ClientConnection
     from .endpoints import Endpoint
     from .request import Request
+    from .retry import RetryPolicy
     from .runtime import Runtime, UpstreamRuntime
 
 NOT_DROPPABLE = frozenset({b"close", b"keep-alive", b"content-length", b"transfer-encoding"})
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are kept for the one safe retry
+REPLAY_LIMIT = 64 * 1024  # request bodies up to this size are kept to be sent again (unless a policy says)
+STATUS = "status"  # a retry condition: the answer's status
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -88,6 +94,13 @@ class Exchange:
     switching = False   # the upstream answered 101 to a WebSocket upgrade
     upstream_full = False  # the upstream connection's write buffer is full
     bytes_in = 0        # bytes the client sent through a tunnel
+    retry_policy: RetryPolicy | None = None
+    replay_limit = REPLAY_LIMIT
+    breaker: Breaker | None = None  # the upstream's, once it counts this request
+    breaker_limit = ""  # the circuit-breaker limit that refused this request
+    attempt = 1         # tries so far (the stale-connection retry not counted)
+    retrying = False    # the breaker counts this request as a retry in flight
+    retry_log = ""      # why each retry was sent or refused, for the access log
 
     def __init__(self, client: ClientConnection, request: Request, runtime: Runtime):
         self.client = client
@@ -123,8 +136,16 @@ class Exchange:
         elif isinstance(outcome, LocalResponse):
             self.respond(outcome)
         else:
-            self.upstream = outcome.upstream
+            upstream = self.upstream = outcome.upstream
+            limit = upstream.breaker.admit()
+            if limit is not None:
+                self.refuse(limit)
+                return
+            self.breaker = upstream.breaker
             self.timeout, self.backend_timeout = outcome.timeout, outcome.backend_timeout
+            if outcome.retry is not None:
+                self.retry_policy = outcome.retry
+                self.replay_limit = outcome.retry.replay_limit
             if self.timeout or self.backend_timeout:
                 if self.timeout:
                     self.deadline = self.started + self.timeout
@@ -145,6 +166,18 @@ class Exchange:
         self.error = cause
         self.respond(error_response(status, cause, self.request.request_id))
 
+    def refuse(self, limit: str) -> None:
+        """The upstream's circuit breaker is open: fail fast instead of waiting."""
+        self.breaker_limit = limit
+        upstream = self.upstream
+        self.fail_local(503, f"circuit breaker of upstream {upstream.name!r} is open: "
+                             f"{upstream.breaker.describe(limit)}")
+
+    def failure_status(self, timed_out: bool = False) -> int:
+        """Of a request whose tries all failed to connect or were reset: with a retry policy
+        the upstream is unavailable (503, as Envoy says), without one it failed (502)."""
+        return 504 if timed_out else 503 if self.retry_policy is not None else 502
+
     def respond(self, response: LocalResponse, close: bool = False) -> None:
         request = self.request
         keep = not close and request.complete and self.client.may_keep_alive(request)
@@ -157,39 +190,58 @@ class Exchange:
 
     # --- connecting -------------------------------------------------------------------
 
-    def connect(self) -> None:
+    def connect(self, failover: bool = False) -> None:
+        """Pick the server of the next try: one not tried yet when there is one; after a
+        connect failure (`failover`) only such a one, while a retry may go back to any."""
+        if self.done:
+            return  # a retry's backoff outlived its request
         upstream = self.upstream
         endpoint = upstream.single
         if endpoint is None or endpoint.down_until or self.tried:
             endpoint = upstream.balancer.pick(self.request, monotonic(), self.tried)
+            if endpoint is None and self.tried and not failover:
+                endpoint = upstream.balancer.pick(self.request, monotonic(), ())
         if endpoint is None:
-            if self.tried:
-                status = 504 if self.timed_out else 502
-                self.fail_local(status, f"could not connect to upstream {upstream.name!r}: {self.last_error}")
-            else:
+            if not failover:
                 self.fail_local(503, f"no available server in upstream {upstream.name!r}")
+            elif not self.try_again(CONNECT_FAILURE, CONNECT_FAILURE):  # every server refused: later, maybe
+                self.fail_local(self.failure_status(self.timed_out),
+                                f"could not connect to upstream {upstream.name!r}: {self.last_error}")
             return
         self.endpoint = endpoint
         connection = endpoint.take_idle()
         if connection is not None:
             self.attach(connection, reused=True)
+            return
+        limit = self.breaker.may_connect()
+        if limit is not None:
+            self.refuse(limit)
         else:
-            self.client.worker.spawn(self.open(endpoint))
+            self.open_new(endpoint)
+
+    def open_new(self, endpoint: Endpoint) -> None:
+        self.breaker.pending += 1
+        self.client.worker.spawn(self.open(endpoint))
 
     async def open(self, endpoint: Endpoint) -> None:
         timeout = self.upstream.timeouts.connect
+        breaker = self.breaker
         try:
             connection = await open_connection(endpoint, timeout)
         except (TimeoutError, OSError) as error:
-            timed_out = isinstance(error, asyncio.TimeoutError)
+            connection, failure = None, error
+        finally:
+            breaker.pending -= 1
+        if connection is None:
+            timed_out = isinstance(failure, asyncio.TimeoutError)
             if self.done:
                 return
             self.timed_out = timed_out
             self.last_error = (f"{endpoint.label}: connect timed out after {timeout:g}s" if timed_out
-                               else f"{endpoint.label}: {error.strerror or error}")
-            self.gateway_error(endpoint, "connect-failure")
+                               else f"{endpoint.label}: {failure.strerror or failure}")
+            self.gateway_error(endpoint, CONNECT_FAILURE)
             self.tried += (endpoint,)
-            self.connect()
+            self.connect(failover=True)
             return
         if self.done:
             endpoint.give_back(connection, monotonic())
@@ -272,7 +324,7 @@ class Exchange:
         if self.replay is None:
             return
         self.replay_size += sum(len(c) for c in chunks)
-        self.replay = None if self.replay_size > REPLAY_LIMIT else [*self.replay, *chunks]
+        self.replay = None if self.replay_size > self.replay_limit else [*self.replay, *chunks]
 
     # --- request body, streamed by the client connection -------------------------------
 
@@ -308,11 +360,14 @@ class Exchange:
         if status < 200:
             self.relay_interim(status, reason, headers)
             return
-        self.final_head = True
-        self.status = self.upstream_status = status
         detector = self.endpoint.detector
         if detector is not None:
             detector.observe_status(self.endpoint, status, monotonic())
+        policy = self.retry_policy
+        if policy is not None and status in policy.statuses and self.try_again(STATUS, str(status), status):
+            return
+        self.final_head = True
+        self.status = self.upstream_status = status
         length = None
         chunked = False
         dropped: list[bytes] = []
@@ -454,21 +509,54 @@ class Exchange:
             self.retry_fresh()
             return
         if self.final_head:
-            cause = "upstream closed the connection mid-response"
-        else:
-            cause = "upstream closed the connection before responding"
-            self.gateway_error(self.endpoint, "reset")
-        self.upstream_failed(cause, 502)
+            self.upstream_failed("upstream closed the connection mid-response", 502)
+            return
+        self.gateway_error(self.endpoint, RESET)
+        if not self.try_again(RESET, RESET):
+            self.upstream_failed("upstream closed the connection before responding", self.failure_status())
 
     def retry_fresh(self) -> None:
-        """A pooled connection died before answering: send the same request once more, fresh."""
+        """A pooled connection died before answering: send the same request once more, fresh
+        (a race every proxy has with idle timeouts, not a failure of the server: neither an
+        attempt nor a retry the budget counts)."""
         self.retried = True
+        self.rewind()
+        self.open_new(self.endpoint)
+
+    def try_again(self, condition: str, why: str, status: int = 0) -> bool:
+        """A try failed before its response began (`condition`: connect-failure, reset or
+        status): send the request again after a backoff when the route's policy covers it,
+        the method and the body allow it, and the upstream affords it. True when it will."""
+        policy = self.retry_policy
+        if policy is None or self.attempt >= policy.attempts or not policy.covers(condition, status):
+            return False
+        if condition != CONNECT_FAILURE and self.request.method not in IDEMPOTENT and not policy.non_idempotent:
+            return False
+        if self.replay is None or (self.deadline and monotonic() >= self.deadline):
+            return False
+        denied = self.breaker.admit_retry(self.retrying)
+        if denied is not None:
+            self.retry_log += f"{why} (not retried: {denied}),"
+            return False
+        self.retrying = True
+        self.attempt += 1
+        self.retry_log += why + ","
+        self.client.worker.count("retries", self.upstream.name, why)
+        self.rewind()
+        if self.endpoint not in self.tried:
+            self.tried += (self.endpoint,)
+        asyncio.get_running_loop().call_later(policy.delay(self.attempt - 1), self.connect)
+        return True
+
+    def rewind(self) -> None:
+        """Take the request back from the try that failed, to send it again."""
         self.release(close=True)
+        self.sent_at = 0.0
         request = self.request
-        request.body = list(self.replay or ())
-        request.exchange = None
-        self.replay, self.replay_size = (), 0
-        self.client.worker.spawn(self.open(self.endpoint))
+        if request.body is None:  # the failed try had the body: send the copy kept
+            request.body = list(self.replay or ())
+            request.exchange = None
+            self.replay, self.replay_size = (), 0
 
     def upstream_timeout(self) -> None:
         read = self.upstream.timeouts.read
@@ -481,6 +569,8 @@ class Exchange:
         self.endpoint.failed(monotonic())
         if not self.final_head:
             self.gateway_error(self.endpoint, "timeout")
+            if self.try_again(RESET, "timeout"):
+                return
         self.upstream_failed(f"upstream {self.endpoint.label} did not answer within {read:g}s", 504)
 
     def check_deadline(self, now: float) -> None:
@@ -489,6 +579,8 @@ class Exchange:
             self.abandon(504, f"request did not complete within the route's {self.timeout:g}s timeout")
         elif self.try_deadline and now >= self.try_deadline and self.conn is not None and not self.final_head:
             self.gateway_error(self.endpoint, "timeout")
+            if self.try_again(RESET, "timeout"):
+                return
             self.abandon(504, f"upstream {self.endpoint.label} did not answer within the route's "
                               f"{self.backend_timeout:g}s backend timeout")
 
@@ -565,6 +657,8 @@ class Exchange:
             return
         self.done = True
         self.request.exchange = None
+        if self.breaker is not None:
+            self.breaker.leave(self.retrying)
         if self.timeout or self.backend_timeout:
             self.client.worker.timed.discard(self)
         self.client.worker.observe(self)

@@ -227,7 +227,7 @@ class Master:
                       "client_connections_refused_total": sum(w.get("refused_connections", 0) for w in workers),
                       "tls_handshakes_refused_total": sum(w.get("refused_handshakes", 0) for w in workers)}
             text = render_prometheus(merged, gauges, {w["worker"]: w["version"] for w in workers},
-                                     sum(w["access_log_dropped"] for w in workers), self.health_gauges(workers))
+                                     sum(w["access_log_dropped"] for w in workers), self.resilience_gauges(workers))
             return 200, b"text/plain; version=0.0.4", text.encode()
         versions = sorted({w["version"] for w in workers})
         transitions = sorted([*self.transitions, *(t for w in workers for t in w["transitions"])],
@@ -239,6 +239,7 @@ class Master:
                         for w in workers],
             "upstreams": self.upstream_view(workers),
             "upstreams_by_worker": {w["worker"]: w["upstreams"] for w in workers},
+            "circuit_breakers": {w["worker"]: w["circuit_breakers"] for w in workers},
             "health_checks": self.health.status(),
             "transitions": transitions[-TRANSITIONS_KEPT:],
         }
@@ -260,11 +261,16 @@ class Master:
                     if e["address"] == endpoint["address"] and e["ejected_for"] > 0)
         return view
 
-    def health_gauges(self, workers: list[dict]) -> list:
+    def resilience_gauges(self, workers: list[dict]) -> list:
         healthy = [({"upstream": upstream, "endpoint": address}, int(verdict["state"] == "healthy"))
                    for upstream, servers in self.health.status().items()
                    for address, verdict in servers.items() if verdict["state"] != "unchecked"]
         ejected: dict[tuple[str, str], int] = {}
+        opened: dict[tuple[str, str], int] = {}
+        for w in workers:
+            for upstream, breaker in w["circuit_breakers"].items():
+                for limit in breaker["open"]:
+                    opened[(upstream, limit)] = opened.get((upstream, limit), 0) + 1
         for w in workers:
             for upstream, endpoints in w["upstreams"].items():
                 for e in endpoints:
@@ -275,6 +281,8 @@ class Master:
              healthy),
             ("edgeplane_outlier_ejected", "Workers that have the server ejected by outlier detection.",
              [({"upstream": u, "endpoint": e}, n) for (u, e), n in sorted(ejected.items())]),
+            ("edgeplane_circuit_breaker_open", "Workers in which a circuit_breaker limit of the upstream is reached.",
+             [({"upstream": u, "limit": limit}, n) for (u, limit), n in sorted(opened.items())]),
         ]
 
     async def answer_status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -3,7 +3,9 @@
 A mirror exchange borrows a pooled upstream connection like a real exchange does, but
 nothing it meets (no server, a refused connection, an error, a slow answer) reaches the
 client or delays it: each outcome is only counted in `edgeplane_mirror_requests_total`.
-Mirrored requests carry `X-Edgeplane-Mirror: 1` so the shadow service can tell.
+Copies count against the shadow upstream's circuit breaker (at most `MIRROR_IN_FLIGHT` at
+once when it sets no `max_requests`), so a slow shadow costs bounded memory and
+connections. Mirrored requests carry `X-Edgeplane-Mirror: 1` so the shadow can tell.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 MIRROR_MARK = b"X-Edgeplane-Mirror: 1\r\n"
+MIRROR_IN_FLIGHT = 1024  # copies in flight per shadow upstream and worker, unless its breaker says
 
 
 class MirrorExchange:
-    __slots__ = ("worker", "upstream", "request", "data", "endpoint", "conn", "final_head", "head_only")
+    __slots__ = ("worker", "upstream", "request", "data", "endpoint", "conn", "final_head", "head_only", "breaker")
     switching = False  # a mirror never switches protocols
     pending_head = None  # nor holds a head for a client
 
@@ -33,11 +36,17 @@ class MirrorExchange:
         self.endpoint: Endpoint | None = None
         self.conn: UpstreamConnection | None = None
         self.final_head = False
+        self.breaker = None
         self.head_only = request.method == "HEAD"
         framing = b"Content-Length: %d\r\n\r\n" % len(body) if body or request.content_length >= 0 else b"\r\n"
         self.data = (client_ip, framing, body)
 
     def start(self) -> None:
+        breaker = self.upstream.breaker
+        if (breaker.max_requests is None and breaker.requests >= MIRROR_IN_FLIGHT) or breaker.admit() is not None:
+            self.done("skipped-circuit-breaker")
+            return
+        self.breaker = breaker
         endpoint = self.upstream.balancer.pick(self.request, monotonic(), ())
         if endpoint is None:
             self.done("no-server")
@@ -46,16 +55,23 @@ class MirrorExchange:
         connection = endpoint.take_idle()
         if connection is not None:
             self.attach(connection)
+        elif breaker.may_connect() is not None:
+            self.done("skipped-circuit-breaker")
         else:
+            breaker.pending += 1
             self.worker.spawn(self.open(endpoint))
 
     async def open(self, endpoint: Endpoint) -> None:
         try:
             connection = await open_connection(endpoint, self.upstream.timeouts.connect)
         except (TimeoutError, OSError):
+            connection = None
+        finally:
+            self.breaker.pending -= 1
+        if connection is None:
             self.done("connect-failed")
-            return
-        self.attach(connection)
+        else:
+            self.attach(connection)
 
     def attach(self, connection: UpstreamConnection) -> None:
         self.conn = connection
@@ -116,4 +132,7 @@ class MirrorExchange:
             connection.close()
 
     def done(self, result: str) -> None:
+        if self.breaker is not None:
+            self.breaker.leave(False)
+            self.breaker = None
         self.worker.metrics.count("mirror_requests", self.upstream.name, result)

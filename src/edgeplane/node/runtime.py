@@ -17,10 +17,12 @@ from ..model.config import AccessLog, Config, Limits, UpstreamTimeouts
 from ..model.load import dump
 from .acme import challenge_directory
 from .balance import Balancer, make_balancer
+from .breaker import Breaker
 from .domains import DomainTable
 from .endpoints import EndpointRegistry
 from .locate import PrefixTable, locator
 from .outlier import OutlierDetector
+from .retry import retry_policy
 from .tls import NameCache, Site, TlsTable, compile_tls
 
 
@@ -33,6 +35,7 @@ class UpstreamRuntime:
     keys: frozenset
     single: object = None  # the endpoint, when the upstream has exactly one server
     detector: OutlierDetector | None = None
+    breaker: Breaker | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,8 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
             endpoint.detector = None
             (backups if server.backup else primaries).append((endpoint, server.weight))
         everyone = [endpoint for endpoint, _ in primaries + backups]
+        breaker = registry.breaker(upstream.name)
+        breaker.configure(upstream.circuit_breaker, upstream.retry_budget)
         upstreams[upstream.name] = UpstreamRuntime(
             name=upstream.name,
             balancer=make_balancer(upstream.balance, primaries, backups, upstream.hash_key),
@@ -92,10 +97,11 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
             keys=frozenset(e.key for e, _ in primaries + backups),
             single=primaries[0][0] if len(primaries) == 1 and not backups else None,
             detector=OutlierDetector(upstream.name, everyone, detection, registry.reporter) if detection else None,
+            breaker=breaker,
         )
     settings = config.settings
     context = CompileContext(
-        timezone=settings.timezone,
+        timezone=settings.timezone, retry_policy=retry_policy,
         locate=locator([(entry.cidr, entry.location) for entry in settings.locations], settings.geoip_database))
     ports: dict[int, DomainTable[AppRuntime]] = {}
     for app in config.applications:

@@ -23,7 +23,7 @@ LOG_FIELDS = (
     "time", "request_id", "client", "method", "host", "uri", "status", "bytes_in", "bytes_out",
     "application", "rule", "upstream", "upstream_addr", "upstream_status", "duration_ms",
     "connect_ms", "upstream_ms", "error", "worker", "config_version", "tls_version", "ja4",
-    "tls_client_identity", "tls_client_fingerprint",
+    "tls_client_identity", "tls_client_fingerprint", "attempts", "retry", "circuit_breaker",
 )
 ENCODE_SLICE = 256  # records encoded between two turns of the event loop
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -38,6 +38,13 @@ COUNTERS = {
                     ("upstream", "endpoint", "source", "state")),
     "outlier_overflow": ("edgeplane_outlier_ejections_overflow_total",
                          "Ejections refused because max_ejection_percent of the servers were out.", ("upstream",)),
+    "circuit_breaker_rejected": ("edgeplane_circuit_breaker_rejected_total",
+                                 "Requests failed fast because a circuit_breaker limit was reached.",
+                                 ("upstream", "limit")),
+    "retries": ("edgeplane_retries_total", "Retries sent, by the condition of the try that failed.",
+                ("upstream", "condition")),
+    "retries_denied": ("edgeplane_retries_denied_total",
+                       "Retries not sent because max_retries or the retry_budget was reached.", ("upstream", "limit")),
 }
 
 
@@ -195,7 +202,8 @@ class AccessLog:
                 lines.append(dumps(record))
                 continue
             (start, end, request_id, client, method, host, target, status, bytes_in, bytes_out, app, rule,
-             upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version, tls) = record
+             upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version, tls, attempts, retried,
+             breaker_limit) = record
             identity = tls.identity if tls is not None else None
             lines.append(dumps(dict(zip(LOG_FIELDS, (
                 round(wall + start, 6), request_id.decode("latin-1") or None, client, method or None, host,
@@ -205,7 +213,8 @@ class AccessLog:
                 round((end - sent_at) * 1000, 3) if sent_at else None, error or None, worker, version,
                 tls.version if tls is not None else None, tls.ja4 if tls is not None else None,
                 identity.primary or None if identity is not None else None,
-                identity.fingerprint or None if identity is not None else None)))))
+                identity.fingerprint or None if identity is not None else None, attempts,
+                retried.rstrip(",") or None, breaker_limit or None)))))
         lines.append(b"")
         return b"\n".join(lines)
 

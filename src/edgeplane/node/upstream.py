@@ -44,6 +44,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        self.endpoint.breaker.connections += 1
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
@@ -73,6 +74,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.endpoint.breaker.connections -= 1
         exchange = self.exchange
         if exchange is not None:
             self.exchange = None

@@ -131,7 +131,8 @@ class Worker:
                 request.target, exchange.status, request.body_size + exchange.bytes_in, exchange.bytes_out,
                 app, exchange.rule, upstream, endpoint.label if endpoint is not None else None,
                 exchange.upstream_status, exchange.connected_at, exchange.sent_at, exchange.error,
-                exchange.runtime.version, exchange.client.tls,
+                exchange.runtime.version, exchange.client.tls, exchange.attempt, exchange.retry_log,
+                exchange.breaker_limit,
             ))
 
     def transition(self, upstream: str, endpoint: str, source: str, state: str, cause: str) -> None:
@@ -153,7 +154,7 @@ class Worker:
             now = time.monotonic()
             self.access_log.append((
                 now, now, b"", client.peer_ip.decode(), None, None, None, rejection.status, 0, 0,
-                "-", -1, None, None, 0, 0.0, 0.0, rejection.cause, self.runtime.version, client.tls,
+                "-", -1, None, None, 0, 0.0, 0.0, rejection.cause, self.runtime.version, client.tls, 1, "", "",
             ))
 
     # --- configuration -----------------------------------------------------------------
@@ -344,6 +345,7 @@ class Worker:
             "transitions": list(self.transitions),
             "refused_connections": self.client_limits.refused_connections,
             "refused_handshakes": self.client_limits.refused_handshakes,
+            "circuit_breakers": {name: u.breaker.status() for name, u in self.runtime.upstreams.items()},
             "upstreams": {
                 name: [e.status(now) for e in self.registry.endpoints.values() if e.upstream == name]
                 for name in self.runtime.upstreams
