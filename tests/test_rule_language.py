@@ -27,6 +27,7 @@ from edgeplane.model.config import (
     WEEKDAYS,
     AddRequestHeader,
     AddResponseHeader,
+    Authenticate,
     Condition,
     Cors,
     Deny,
@@ -37,6 +38,7 @@ from edgeplane.model.config import (
     Mirror,
     Operator,
     Proxy,
+    RateLimitAction,
     Redirect,
     RemoveRequestHeader,
     RemoveResponseHeader,
@@ -177,6 +179,8 @@ EVERY_ACTION = [
     ("https-redirect 308 port 8443", HttpsRedirect(status=308, port=8443)),
     ("hsts", Hsts()),
     ("hsts max-age 600 include-subdomains preload", Hsts(max_age=600, include_subdomains=True, preload=True)),
+    ('authenticate "corp-jwt"', Authenticate(provider="corp-jwt")),
+    ('rate-limit "api"', RateLimitAction(policy="api")),
 ]
 
 
@@ -370,6 +374,8 @@ ACTION_STRATEGIES = {
     "https-redirect": st.builds(HttpsRedirect, status=st.sampled_from(_literals(HttpsRedirect.model_fields["status"].annotation)),
                                 port=_maybe(st.integers(1, 65535))),
     "hsts": st.builds(Hsts, max_age=st.integers(0, 10**9), include_subdomains=st.booleans(), preload=st.booleans()),
+    "authenticate": st.builds(Authenticate, provider=NAMES),
+    "rate-limit": st.builds(RateLimitAction, policy=NAMES),
 }
 
 

@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import http.client
 
+import jwt
 import pytest
 
+from edgeplane.node.auth.credentials import hash_api_key
+
 from conftest import free_port
+
+API_KEY = "matrix-key-0123456789abcdef0123456789abcdef"
+SECRET = "matrix-secret-0123456789abcdef0123456789abcdef"
+
+
+def token(claims: dict) -> str:
+    return jwt.encode({"exp": 4102444800, **claims}, SECRET, algorithm="HS256")
+
 
 # (condition, matching request, non-matching request); a request is (method, target, headers, version)
 CASES = [
@@ -60,6 +71,10 @@ CASES = [
     ({"var": "random", "op": "le", "values": ["100"]}, ("GET", "/", {}), None),
     ({"var": "random", "op": "lt", "values": ["0"]}, None, ("GET", "/", {})),
     ({"var": "var", "name": "tier", "op": "eq", "values": ["gold"]}, ("GET", "/", {"X-Plan": "gold"}), ("GET", "/", {})),
+    ({"var": "consumer", "op": "eq", "values": ["alice"]}, ("GET", "/", {"X-Api-Key": API_KEY}), ("GET", "/", {})),
+    ({"var": "consumer-tier", "op": "eq", "values": ["gold"]}, ("GET", "/", {"X-Api-Key": API_KEY}), ("GET", "/", {})),
+    ({"var": "claim", "name": "roles", "op": "eq", "values": ["admin"]},
+     ("GET", "/", {"X-Token": token({"roles": ["user", "admin"]})}), ("GET", "/", {"X-Token": token({"roles": "user"})})),
 ]
 
 
@@ -68,13 +83,21 @@ def matrix_port(tmp_path_factory):
     from conftest import Node
     port = free_port()
     rules = [{"conditions": [{"var": "header", "name": "X-Plan", "op": "exists"}],
-              "actions": [{"set-var": {"name": "tier", "value": "gold"}}]}]
+              "actions": [{"set-var": {"name": "tier", "value": "gold"}}]},
+             {"conditions": [{"var": "header", "name": "X-Api-Key", "op": "exists"}],
+              "actions": [{"authenticate": {"provider": "keys"}}]},
+             {"conditions": [{"var": "header", "name": "X-Token", "op": "exists"}],
+              "actions": [{"authenticate": {"provider": "tokens"}}]}]
     for number, (condition, _, _) in enumerate(CASES):
         rules.append({"name": f"case-{number}",
                       "conditions": [{"var": "header", "name": "X-Case", "op": "eq", "values": [str(number)]}, condition],
                       "actions": [{"respond": {"body": str(number)}}]})
     rules.append({"actions": [{"respond": {"body": "none"}}]})
     config = {"settings": {"locations": [{"cidr": "127.0.0.0/8", "location": "loopback"}]},
+              "auth_providers": [{"name": "keys", "api_key": {}},
+                                 {"name": "tokens", "jwt": {"algorithms": ["HS256"], "keys": [{"secret": SECRET}],
+                                                            "token": "header:X-Token"}}],
+              "consumers": [{"name": "alice", "tier": "gold", "api_keys": [hash_api_key(API_KEY)]}],
               "applications": [{"name": "matrix", "domains": ["app.test", "other.test"], "ports": [port], "rules": rules}]}
     started = Node(tmp_path_factory.mktemp("matrix"), config, access_log=False)
     yield port

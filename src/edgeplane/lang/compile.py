@@ -6,7 +6,9 @@ the candidate rules of a request as a bitmask (exact paths by dict, prefixes by 
 lengths, every regex of the chain in one `RegexSet` scan per variable) and only those are
 evaluated, in order (with fewer rules, every rule is a candidate). A rule that changes the
 request makes the index look again, so the result always equals evaluating every rule in
-turn. This module performs no I/O.
+turn. A step that must wait (a key fetch, a Redis round trip, a shaping delay) returns a
+`Suspend`; the chain resumes after that step once the wait is over, and a chain where
+nothing waits runs as one plain synchronous call. This module performs no I/O.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import ipaddress
 import operator
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
@@ -54,7 +57,9 @@ Getter = Callable[[Any], "str | list[str]"]
 Predicate = Callable[[Any], bool]
 Step = Callable[[Any, list], Any]
 """A step changes the request or appends response-header ops to `ops`; a step that decides
-the request returns its outcome: a `Forward` or a `LocalResponse`."""
+the request returns its outcome: a `Forward` or a `LocalResponse`; a step that must wait
+returns a `Suspend`. Every step of a rule is its own object (a resumed chain finds its
+place by identity)."""
 
 INDEX_THRESHOLD = 8  # below this many rules, evaluating each in turn is cheaper than indexing
 
@@ -79,14 +84,32 @@ class Forward:
     retry: Any = None
 
 
+class Suspend:
+    """What a step returns when it must wait. `waiting` is a future (waited on as it is) or a
+    coroutine (run as a task); its result is the step's own outcome: None to go on with the
+    chain, a `Forward` or `LocalResponse` to decide, or another `Suspend`. The route fills in
+    `label` (the rule's) and `resume`, which runs the chain on from the step after this one
+    and returns what `route` returns."""
+
+    __slots__ = ("waiting", "label", "resume")
+
+    def __init__(self, waiting: Awaitable) -> None:
+        self.waiting = waiting
+        self.label: Any = -1
+        self.resume: Callable[[], tuple[Any, Any]] | None = None
+
+
 @dataclass(frozen=True)
 class CompileContext:
-    """What rules need beyond themselves: default time zone, address → location, and what
-    a route's `retry` becomes (the node prepares its own policy object once)."""
+    """What rules need beyond themselves: the default time zone, address → location, what a
+    route's `retry` becomes (the node prepares its own policy object once), and compilers
+    for actions whose runtime belongs to the node (authentication, rate limits), by action
+    class: each takes the action and returns its step."""
 
     timezone: str = "UTC"
     locate: Callable[[str], str] = lambda _ip: ""
     retry_policy: Callable[[Any], Any] = lambda retry: retry
+    node_actions: dict[type, Callable[[Any], Step]] = field(default_factory=dict)
 
 
 # --- variables -----------------------------------------------------------------------
@@ -139,6 +162,12 @@ def variable_getter(condition: Condition, context: CompileContext) -> Getter:
         return lambda request: request.cookie(name)
     if var == "var":
         return lambda request: request.variable(name)
+    if var == "claim":
+        return lambda request: request.claim(name)
+    if var == "consumer":
+        return lambda request: request.consumer
+    if var == "consumer-tier":
+        return lambda request: request.tier
     if var == "location":
         locate = context.locate
         return lambda request: locate(request.client_ip)
@@ -147,6 +176,23 @@ def variable_getter(condition: Condition, context: CompileContext) -> Getter:
     if var == "random":
         return lambda _request: repr(random.random() * 100)
     raise ValueError(f"unknown variable {var!r}")
+
+
+def variables_key(specs: list[str], context: CompileContext) -> Callable[[Any], str]:
+    """`VARIABLE` / `VARIABLE:NAME` specs (client-ip, consumer, header:X-Api-Key, claim:sub) →
+    one string per request: the values joined (several values of one variable by commas)."""
+    getters = []
+    for spec in specs:
+        var, _, name = spec.partition(":")
+        getters.append(variable_getter(Condition(var=var, name=name or None, op="exists"), context))
+
+    def value(get: Getter, request: Any) -> str:
+        subject = get(request)
+        return subject if isinstance(subject, str) else ",".join(subject)
+    if len(getters) == 1:
+        only = getters[0]
+        return lambda request: value(only, request)
+    return lambda request: "\x1f".join(value(get, request) for get in getters)
 
 
 # --- conditions ----------------------------------------------------------------------
@@ -231,7 +277,7 @@ def compile_conditions(conditions: list[Condition], context: CompileContext | No
 # --- actions -------------------------------------------------------------------------
 
 MUTATING_ACTIONS = frozenset({"set-request-header", "add-request-header", "remove-request-header",
-                              "rewrite-path", "rewrite-query", "set-var"})
+                              "rewrite-path", "rewrite-query", "set-var", "authenticate"})
 
 
 def _header_step(name: str, value: str | None, mode: str) -> Step:
@@ -453,6 +499,9 @@ def _cors_step(action: Cors) -> Step:
 def compile_action(action: Any, upstreams: dict[str, Any], context: CompileContext | None = None) -> Step:
     kind = action.kind
     context = context or CompileContext()
+    node_action = context.node_actions.get(type(action))
+    if node_action is not None:
+        return node_action(action)
     if isinstance(action, Proxy):
         forward = _forward(action, upstreams[action.upstream], context)
         return lambda _request, _ops: forward
@@ -614,19 +663,31 @@ def _route(chain: list[_Compiled], index: RuleIndex | None, context: CompileCont
         compiled = tuple((_without_key(c, context), c.steps, c.last, c.label, c.mutates) for c in chain)
 
     def route(request: Any, ops: list) -> tuple[Any, Any]:
-        mask = candidates(request)
-        while mask:
-            low = mask & -mask
-            mask ^= low
-            matches, steps, last, label, mutates = compiled[low.bit_length() - 1]
-            if matches is None or matches(request):
-                for step in steps:
-                    outcome = step(request, ops)
-                    if outcome is not None:
-                        return label, outcome
-                if last:
-                    return label, None
-                if mutates:  # what later rules see has changed: ask the index again
-                    mask = candidates(request) & ~((low << 1) - 1)
+        return run(request, ops, candidates(request), 0, 0)
+
+    def run(request: Any, ops: list, mask: int, low: int, first: int) -> tuple[Any, Any]:
+        """The candidates in `mask`, in order; with `first`, rule `low` resumes at that step."""
+        while mask or first:
+            if first:
+                matches, steps, last, label, mutates = compiled[low.bit_length() - 1]
+                todo, first = steps[first:], 0
+            else:
+                low = mask & -mask
+                mask ^= low
+                matches, steps, last, label, mutates = compiled[low.bit_length() - 1]
+                if matches is not None and not matches(request):
+                    continue
+                todo = steps
+            for step in todo:
+                outcome = step(request, ops)
+                if outcome is not None:
+                    if outcome.__class__ is Suspend:
+                        outcome.label = label
+                        outcome.resume = partial(run, request, ops, mask, low, steps.index(step) + 1)
+                    return label, outcome
+            if last:
+                return label, None
+            if mutates:  # what later rules see has changed: ask the index again
+                mask = candidates(request) & ~((low << 1) - 1)
         return -1, None
     return route

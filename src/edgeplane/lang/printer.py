@@ -209,4 +209,6 @@ LAYOUT: dict[str, tuple[Part, ...]] = {
     "set-var": _NAME_VALUE,
     "https-redirect": (Part("status", render=str, always=True), _option("port", str)),
     "hsts": (_option("max_age", str), Flag("include_subdomains", "include-subdomains"), Flag("preload", "preload")),
+    "authenticate": (Part("provider", always=True),),
+    "rate-limit": (Part("policy", always=True),),
 }

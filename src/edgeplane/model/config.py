@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -221,9 +222,9 @@ Variable = Literal[
     "host", "scheme", "method", "uri", "path", "query", "arg", "header", "cookie",
     "client-ip", "location", "http-version", "tls-sni", "time", "weekday", "date", "random",
     "var", "tls-version", "ja4", "tls-client-identity", "tls-client-uri", "tls-client-dns",
-    "tls-client-cn", "tls-client-fingerprint",
+    "tls-client-cn", "tls-client-fingerprint", "consumer", "consumer-tier", "claim",
 ]
-NAMED_VARIABLES = {"arg", "header", "cookie", "var"}
+NAMED_VARIABLES = {"arg", "header", "cookie", "var", "claim"}
 CLOCK_VARIABLES = {"time", "weekday", "date"}
 Operator = Literal[
     "eq", "ne", "in", "not-in", "prefix", "suffix", "contains", "regex", "not-regex", "cidr",
@@ -575,12 +576,26 @@ class Respond(Action):
         return value
 
 
+class Authenticate(Action):
+    """Require a credential checked by the named auth provider (401/403 when it fails)."""
+
+    kind = "authenticate"
+    provider: Name
+
+
+class RateLimitAction(Action):
+    """Count the request against the named rate limit (429 past it, or a delay when shaping)."""
+
+    kind = "rate-limit"
+    policy: Name
+
+
 ACTIONS: dict[str, type[Action]] = {
     cls.kind: cls
     for cls in (
         Proxy, Split, Mirror, Deny, SetRequestHeader, AddRequestHeader, RemoveRequestHeader,
         SetResponseHeader, AddResponseHeader, RemoveResponseHeader, RewritePath, RewriteQuery,
-        Redirect, Respond, Cors, SetVar, HttpsRedirect, Hsts,
+        Redirect, Respond, Cors, SetVar, HttpsRedirect, Hsts, Authenticate, RateLimitAction,
     )
 }
 TERMINAL_ACTIONS = ("proxy", "split", "redirect", "respond", "deny")
@@ -841,8 +856,18 @@ class Location(Model):
         return value
 
 
+class Redis(Model):
+    """The Redis that holds cluster-wide rate-limit counters."""
+
+    url: Annotated[str, Field(pattern=r"^rediss?://")] = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "edgeplane:"
+    timeout: Duration = 0.1
+    retry: Duration = Field(1.0, description="after a failure, how long decisions skip Redis before trying again")
+
+
 class Settings(Model):
     limits: Limits = Limits()
+    redis: Redis | None = None
     access_log: AccessLog = AccessLog()
     timezone: str = Field("UTC", description="time zone of time/weekday/date conditions without tz")
     trusted_proxies: list[str] = Field(default_factory=list, description="CIDRs whose X-Forwarded-For is believed")
@@ -870,6 +895,249 @@ class GlobalRules(Model):
     after: list[Rule] = Field(default_factory=list)
 
 
+# --- access: authentication providers, consumers, rate limits ---------------------------
+
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                  "ES256", "ES384", "ES512", "EdDSA")
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                       "ES256", "ES384", "ES512", "EdDSA"]
+# Where a credential is read from: `header:NAME` (`header:Authorization` takes the value after
+# the scheme, `Bearer` for tokens), `query:NAME` or `cookie:NAME`.
+CredentialSource = Annotated[str, Field(pattern=r"^(header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|query:[^\s&=#]+|cookie:[^\s;=]+)$")]
+
+
+def check_variable_key(value: str) -> str:
+    """`VARIABLE` or `VARIABLE:NAME` (for arg, header, cookie, var, claim): what a key is made of."""
+    var, sep, name = value.partition(":")
+    if var not in get_args(Variable) or var in CLOCK_VARIABLES or var == "random":
+        raise ValueError(f"{value!r}: expected a request variable such as client-ip, consumer, "
+                         "header:X-Api-Key or claim:sub")
+    if (var in NAMED_VARIABLES) != bool(sep and name):
+        need = "needs a name, as in" if var in NAMED_VARIABLES else "takes no name:"
+        raise ValueError(f"{value!r}: {var} {need} {var + ':NAME' if var in NAMED_VARIABLES else var}")
+    return value
+
+
+VariableKey = Annotated[str, AfterValidator(check_variable_key)]
+HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s/]+(/\S*)?$")]
+
+
+class JwtKey(Model):
+    """One verification key: a shared `secret` (HS*), a `pem` public key, or a `jwk`."""
+
+    kid: str | None = None
+    secret: str | None = None
+    pem: str | None = None
+    jwk: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> JwtKey:
+        given = [f for f in ("secret", "pem", "jwk") if getattr(self, f) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of secret, pem or jwk")
+        if self.secret is not None and len(self.secret.encode()) < 32:
+            raise ValueError("secret: an HMAC secret needs at least 32 bytes (RFC 7518 §3.2)")
+        if self.pem is not None:
+            from cryptography.hazmat.primitives.serialization import load_pem_public_key
+            try:
+                load_pem_public_key(self.pem.encode())
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"pem: not a PEM public key ({error})") from None
+        if self.jwk is not None:
+            import jwt
+            try:
+                jwt.PyJWK(self.jwk)
+            except jwt.PyJWTError as error:
+                raise ValueError(f"jwk: not a usable JSON Web Key ({error})") from None
+        return self
+
+
+class JwtProvider(Model):
+    """Bearer JWTs verified with inline keys and/or a JWKS fetched from `jwks_uri`."""
+
+    algorithms: list[JwtAlgorithm] = Field(min_length=1, description="the only algorithms accepted")
+    keys: list[JwtKey] = Field(default_factory=list)
+    jwks_uri: HttpUrl | None = None
+    jwks_refresh: Duration = Field(600.0, description="how long a fetched JWKS is used before it is fetched again")
+    jwks_min_interval: Duration = Field(30.0, description="an unknown kid refetches the JWKS at most this often")
+    issuer: str | None = None
+    audiences: list[str] = Field(default_factory=list, description="the token's aud must name one of these")
+    leeway: Duration = 0.0
+    require: list[str] = Field(default_factory=lambda: ["exp"], description="claims a token must carry")
+    token: CredentialSource = "header:Authorization"
+    consumer_claim: str | None = Field(None, description="the claim whose value is the consumer name")
+    tier_claim: str | None = Field(None, description="the claim whose value is the consumer tier")
+    claims_to_headers: dict[str, HeaderName] = Field(default_factory=dict, description="claim → request header")
+    strip: bool = Field(True, description="remove the token before the request goes upstream")
+
+    @model_validator(mode="after")
+    def _keys(self) -> JwtProvider:
+        if not self.keys and self.jwks_uri is None:
+            raise ValueError("give keys, jwks_uri, or both")
+        for header in self.claims_to_headers.values():
+            check_header_name(header)
+        return self
+
+
+class ApiKeyProvider(Model):
+    """API keys of `consumers`, read from a header or a query argument."""
+
+    key: CredentialSource = "header:X-Api-Key"
+    strip: bool = True
+
+
+class BasicProvider(Model):
+    """HTTP Basic authentication against the consumers' `basic` credentials."""
+
+    realm: Annotated[str, Field(pattern=r'^[^"\\\r\n\x00]*$')] = "edgeplane"
+    strip: bool = True
+    cache: Duration = Field(300.0, description="how long a verified password is remembered (0: never)")
+
+
+class ExtAuthzProvider(Model):
+    """A subrequest to an authorization service decides: 2xx allows, anything else denies."""
+
+    upstream: Name
+    path: UriPart = "/"
+    headers: list[HeaderName] = Field(default_factory=lambda: ["Authorization", "Cookie"],
+                                      description="request headers sent to the service")
+    upstream_headers: list[HeaderName] = Field(default_factory=list,
+                                               description="headers of its answer added to the upstream request")
+    cache_key: list[VariableKey] = Field(default_factory=list, description="what decisions are cached by")
+    cache_ttl: Duration = 0.0
+    timeout: Duration = 1.0
+    on_error: Literal["deny", "allow"] = "deny"
+
+    @model_validator(mode="after")
+    def _cache(self) -> ExtAuthzProvider:
+        if self.cache_ttl and not self.cache_key:
+            raise ValueError("cache_ttl needs cache_key: the variables a decision is cached by")
+        for header in self.upstream_headers:
+            check_header_name(header)
+        return self
+
+
+AUTH_KINDS = ("jwt", "api_key", "basic", "ext_authz")
+
+
+class AuthProvider(Model):
+    """A named way to authenticate; exactly one of its kinds is given."""
+
+    name: Name
+    jwt: JwtProvider | None = None
+    api_key: ApiKeyProvider | None = None
+    basic: BasicProvider | None = None
+    ext_authz: ExtAuthzProvider | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AuthProvider:
+        given = [kind for kind in AUTH_KINDS if getattr(self, kind) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(AUTH_KINDS)}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(kind for kind in AUTH_KINDS if getattr(self, kind) is not None)
+
+
+class BasicCredential(Model):
+    username: str = Field(pattern=r"^[^:\x00-\x1f]+$")
+    password: str = Field(pattern=r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$",
+                          description="scrypt$N$r$p$salt$hash, as `edgeplane hash-password` writes it")
+
+
+class Consumer(Model):
+    """Who a credential belongs to; its name and tier are the rule variables consumer and consumer-tier."""
+
+    name: Name
+    tier: str = ""
+    api_keys: list[Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]] = Field(
+        default_factory=list, description="sha256:HEX digests of the keys, as `edgeplane hash-key` writes them")
+    basic: BasicCredential | None = None
+
+
+Unlimited = Literal["unlimited"]
+
+
+class RateLimit(Model):
+    """A named limit: `limit` requests per `window` per key (or in flight at once, for
+    concurrency), counted per worker, per node or across the cluster (Redis)."""
+
+    name: Name
+    algorithm: Literal["token-bucket", "sliding-window", "concurrency"] = "token-bucket"
+    limit: int = Field(ge=0)
+    window: Duration = 1.0
+    burst: int | None = Field(None, ge=1, description="token bucket capacity; `limit` when unset")
+    key: list[VariableKey] = Field(default_factory=list, description="one counter per distinct value; none: one")
+    tier: VariableKey | None = Field(None, description="the variable whose value picks a tier")
+    tiers: dict[str, int | Unlimited] = Field(default_factory=dict, description="tier → limit, or unlimited")
+    scope: Literal["worker", "node", "cluster"] = "node"
+    max_delay: Duration = Field(0.0, description="shaping: wait up to this long for a token instead of refusing")
+    on_unreachable: Literal["allow", "deny", "local"] = Field(
+        "local", description="cluster scope, Redis unreachable: admit, refuse, or count on this node")
+    headers: bool = Field(True, description="send RateLimit-Policy and RateLimit on responses")
+
+    @model_validator(mode="after")
+    def _shape(self) -> RateLimit:
+        if self.window <= 0:
+            raise ValueError("window must be longer than 0s")
+        if self.tiers and self.tier is None:
+            raise ValueError("tiers need tier: the variable that picks one, such as consumer-tier")
+        if self.max_delay and self.algorithm != "token-bucket":
+            raise ValueError("max_delay (shaping) works with algorithm token-bucket")
+        if self.algorithm == "concurrency" and self.scope == "cluster":
+            raise ValueError("concurrency limits are counted per worker or per node, not in the cluster")
+        if self.burst is not None and self.algorithm != "token-bucket":
+            raise ValueError("burst is the capacity of a token bucket; it does not apply here")
+        return self
+
+
+def access_references(config: Any) -> list[str]:
+    """Cross-object checks of the access objects: names, and what actions refer to."""
+    errors = []
+    for kind in ("auth_providers", "consumers", "rate_limits"):
+        seen: dict[str, int] = {}
+        for index, item in enumerate(getattr(config, kind)):
+            if item.name in seen:
+                errors.append(f"{kind}[{index}].name: {item.name!r} is already used by {kind}[{seen[item.name]}]")
+            seen.setdefault(item.name, index)
+    providers = {p.name for p in config.auth_providers}
+    limits = {r.name: r for r in config.rate_limits}
+    upstreams = {u.name for u in config.upstreams}
+    for index, provider in enumerate(config.auth_providers):
+        if provider.ext_authz is not None and provider.ext_authz.upstream not in upstreams:
+            errors.append(f"auth_providers[{index}].ext_authz.upstream: no upstream named "
+                          f"{provider.ext_authz.upstream!r}; known: {sorted(upstreams)}")
+    for index, limit in enumerate(config.rate_limits):
+        if limit.scope == "cluster" and config.settings.redis is None:
+            errors.append(f"rate_limits[{index}].scope: cluster needs settings.redis")
+    seen_keys: dict[str, str] = {}
+    users: dict[str, str] = {}
+    for index, consumer in enumerate(config.consumers):
+        for k, digest in enumerate(consumer.api_keys):
+            owner = seen_keys.setdefault(digest, consumer.name)
+            if owner != consumer.name:
+                errors.append(f"consumers[{index}].api_keys[{k}]: the same key belongs to consumer {owner!r}")
+        if consumer.basic is not None:
+            owner = users.setdefault(consumer.basic.username, consumer.name)
+            if owner != consumer.name:
+                errors.append(f"consumers[{index}].basic.username: {consumer.basic.username!r} is "
+                              f"consumer {owner!r}'s")
+    rule_lists = [(f"global_rules.{w}", getattr(config.global_rules, w)) for w in ("before", "after")]
+    rule_lists += [(f"applications[{a}].rules", app.rules) for a, app in enumerate(config.applications)]
+    for where, rules in rule_lists:
+        for r, rule in enumerate(rules):
+            for x, action in enumerate(rule.actions):
+                if isinstance(action, Authenticate) and action.provider not in providers:
+                    errors.append(f"{where}[{r}].actions[{x}].authenticate.provider: no auth provider named "
+                                  f"{action.provider!r}; known: {sorted(providers)}")
+                if isinstance(action, RateLimitAction) and action.policy not in limits:
+                    errors.append(f"{where}[{r}].actions[{x}].rate-limit.policy: no rate limit named "
+                                  f"{action.policy!r}; known: {sorted(limits)}")
+    return errors
+
+
 # --- the whole -----------------------------------------------------------------------
 
 
@@ -882,6 +1150,9 @@ class Config(Model):
     certificates: list[Certificate] = Field(default_factory=list)
     global_rules: GlobalRules = GlobalRules()
     applications: list[Application] = Field(default_factory=list)
+    auth_providers: list[AuthProvider] = Field(default_factory=list)
+    consumers: list[Consumer] = Field(default_factory=list)
+    rate_limits: list[RateLimit] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -946,6 +1217,7 @@ class Config(Model):
         if any(c.acme for c in self.certificates) and self.settings.acme is None:
             first = next(i for i, c in enumerate(self.certificates) if c.acme)
             errors.append(f"certificates[{first}].acme: needs settings.acme (the ACME directory to use)")
+        errors += access_references(self)
         if errors:
             raise ValueError("\n".join(errors))
         return self

@@ -12,10 +12,11 @@ retry policy covers lives in `retry.py`, the limits in `breaker.py`.
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from time import monotonic
 from typing import TYPE_CHECKING
 
-from ..lang.compile import LocalResponse
+from ..lang.compile import LocalResponse, Suspend
 from .acme import CHALLENGE_PREFIX, challenge_answer
 from .mirror import MirrorExchange
 from .retry import CONNECT_FAILURE, RESET
@@ -112,8 +113,11 @@ class Exchange:
     # --- route phase ------------------------------------------------------------------
 
     def start(self) -> None:
+        self.guarded(self.route)
+
+    def guarded(self, phase, *args) -> None:
         try:
-            self.route()
+            phase(*args)
         except Exception as error:  # a rule that fails at run time must not take the connection
             if self.head_sent or self.done:
                 raise
@@ -131,8 +135,13 @@ class Exchange:
             return
         self.app = app
         self.rule, outcome = app.route(request, self.ops)
-        if outcome is None:
-            self.fail_local(404, f"no rule of application {app.name!r} routes this request")
+        self.decide(outcome)
+
+    def decide(self, outcome: object) -> None:
+        if outcome.__class__ is Suspend:
+            self.suspend(outcome)
+        elif outcome is None:
+            self.fail_local(404, f"no rule of application {self.app.name!r} routes this request")
         elif isinstance(outcome, LocalResponse):
             self.respond(outcome)
         else:
@@ -159,6 +168,27 @@ class Exchange:
             return False
         self.respond(LocalResponse(200, [(b"Content-Type", b"application/octet-stream")], answer))
         return True
+
+    def suspend(self, suspended: Suspend) -> None:
+        """A rule step must wait: once it is over, the chain goes on after that step."""
+        waiting = suspended.waiting
+        future = waiting if asyncio.isfuture(waiting) else asyncio.ensure_future(waiting)
+        future.add_done_callback(partial(self.resume, suspended))
+
+    def resume(self, suspended: Suspend, future: asyncio.Future) -> None:
+        if self.done:  # the client left meanwhile
+            if not future.cancelled():
+                future.exception()  # retrieved, so asyncio does not report it
+            return
+        self.guarded(self.resumed, suspended, future.result)
+
+    def resumed(self, suspended: Suspend, result) -> None:
+        outcome = result()
+        if outcome is None:
+            self.rule, outcome = suspended.resume()
+        else:
+            self.rule = suspended.label
+        self.decide(outcome)
 
     # --- local responses --------------------------------------------------------------
 
@@ -656,9 +686,13 @@ class Exchange:
         if self.done:
             return
         self.done = True
-        self.request.exchange = None
+        request = self.request
+        request.exchange = None
         if self.breaker is not None:
             self.breaker.leave(self.retrying)
+        if request.cleanups:
+            for cleanup in request.cleanups:
+                cleanup()
         if self.timeout or self.backend_timeout:
             self.client.worker.timed.discard(self)
         self.client.worker.observe(self)

@@ -26,6 +26,7 @@ from ..model.config import Config
 from ..model.load import ConfigError, load
 from .acme import AcmeManager
 from .health import HealthRunner
+from .shared import SharedMemory
 from .telemetry import AccessLog, Metrics, merge, render_prometheus
 from .tickets import KEY_FILE, TicketKeyFile
 from .worker import HEALTH_FILE, TRANSITIONS_KEPT, file_signature, log
@@ -45,6 +46,7 @@ class Master:
         self.access_log = access_log
         self.data_dir = os.path.abspath(data_dir) if data_dir else ""
         self.run_dir = tempfile.mkdtemp(prefix="edgeplane-node-")
+        SharedMemory.create(os.path.join(self.run_dir, "shared.bin"))  # counters all workers share
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.started = time.time()
@@ -242,6 +244,7 @@ class Master:
             "circuit_breakers": {w["worker"]: w["circuit_breakers"] for w in workers},
             "health_checks": self.health.status(),
             "transitions": transitions[-TRANSITIONS_KEPT:],
+            "access_by_worker": {w["worker"]: w["access"] for w in workers},
         }
         return 200, b"application/json", json.dumps(body, indent=2).encode() + b"\n"
 

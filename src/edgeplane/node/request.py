@@ -72,6 +72,11 @@ class Request:
     mirrors: list | None = None
     upgrade: bytes | None = None  # "websocket" when the client asked to switch to it
     connection_upgrade = False
+    consumer = ""      # who authenticated (consumer name), set by `authenticate`
+    tier = ""          # the consumer's tier
+    claims: dict | None = None  # the verified token's claims
+    providers: tuple = ()  # the auth providers that accepted this request
+    cleanups: list | None = None  # called once when the exchange ends, however it ends
     _path: str | None = None
     _args: dict[str, list[str]] | None = None
     _cookies: dict[str, str] | None = None
@@ -148,6 +153,33 @@ class Request:
         if self.variables is None:
             self.variables = {}
         self.variables[name] = value
+
+    def claim(self, name: str) -> list[str]:
+        """A claim of the verified token; `a.b` reads nested objects; a list gives each
+        string or number in it."""
+        value: object = self.claims
+        for part in name.split("."):
+            if not isinstance(value, dict):
+                return []
+            value = value.get(part)
+        values = value if isinstance(value, list) else [value]
+        return [str(v).lower() if isinstance(v, bool) else str(v) for v in values if isinstance(v, (str, int, float))]
+
+    def identify(self, provider: str, consumer: str, tier: str, claims: dict | None = None) -> None:
+        """An auth provider accepted the request as `consumer`'s."""
+        self.providers += (provider,)
+        self.consumer, self.tier = consumer, tier
+        if claims is not None:
+            self.claims = claims
+
+    def on_end(self, cleanup: object) -> None:
+        if self.cleanups is None:
+            self.cleanups = []
+        self.cleanups.append(cleanup)
+
+    def remove_header(self, lname: bytes) -> None:
+        self.headers = [h for h in self.headers if h[0].lower() != lname]
+        self.headers_changed()
 
     def add_mirror(self, upstream: object) -> None:
         if self.mirrors is None:

@@ -8,6 +8,7 @@ holds the runtime it started with, so a swap never changes a request in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 from ..lang.compile import CompileContext, compile_rules
 from ..model.config import AccessLog, Config, Limits, UpstreamTimeouts
 from ..model.load import dump
+from .access import AccessState, node_actions
 from .acme import challenge_directory
 from .balance import Balancer, make_balancer
 from .breaker import Breaker
@@ -70,7 +72,8 @@ def config_version(config: Config) -> str:
 
 
 def compile_runtime(config: Config, registry: EndpointRegistry, partition: str = "default",
-                    data_dir: Path | None = None, names: NameCache | None = None) -> Runtime:
+                    data_dir: Path | None = None, names: NameCache | None = None,
+                    access: AccessState | None = None) -> Runtime:
     names = names or NameCache()
     certificates = {c.name: c for c in config.certificates}
     upstreams: dict[str, UpstreamRuntime] = {}
@@ -103,6 +106,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
     context = CompileContext(
         timezone=settings.timezone, retry_policy=retry_policy,
         locate=locator([(entry.cidr, entry.location) for entry in settings.locations], settings.geoip_database))
+    context = dataclasses.replace(context, node_actions=node_actions(config, context, access or AccessState(), upstreams))
     ports: dict[int, DomainTable[AppRuntime]] = {}
     for app in config.applications:
         if partition not in app.partitions:

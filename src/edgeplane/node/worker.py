@@ -22,6 +22,7 @@ from typing import Any
 import uvloop
 
 from ..model.load import ConfigError, Problem, dump, load
+from .access import AccessState
 from .client import ClientConnection, Rejection
 from .clientlimits import ClientLimits
 from .endpoints import EndpointRegistry
@@ -29,6 +30,7 @@ from .exchange import Exchange
 from .listener import TlsListener
 from .openssl import ticket_callback
 from .runtime import Runtime, compile_runtime, endpoint_keys
+from .shared import SharedMemory
 from .telemetry import AccessLog, Metrics
 from .tickets import KEY_FILE, TicketKeyRing
 from .tls import ContextCache, NameCache, Site
@@ -104,6 +106,17 @@ class Worker:
         self.contexts = ContextCache(None)
         self.failed_sites: set[Site] = set()
         self.client_limits = ClientLimits()
+        self.shared = self.open_shared()
+        self.access = AccessState(self.shared)
+
+    def open_shared(self) -> SharedMemory | None:
+        """The node's shared counters, made by the master in its run directory; this worker's
+        share of what is in flight starts from zero (a predecessor's died with it)."""
+        if not self.control_path:
+            return None
+        shared = SharedMemory(str(Path(self.control_path).with_name("shared.bin")), self.index)
+        shared.forget_worker()
+        return shared
 
     # --- used by connections and exchanges ---------------------------------------------
 
@@ -165,7 +178,7 @@ class Worker:
     def load_runtime(self, path: Path | None = None) -> Runtime:
         config = load(path or self.config_path)
         try:
-            return compile_runtime(config, self.registry, self.partition, self.data_dir, self.names)
+            return compile_runtime(config, self.registry, self.partition, self.data_dir, self.names, self.access)
         except Exception as error:
             # Valid by the model but not compilable here (an unreadable GeoIP or certificate
             # file, ...): whatever the cause, the change is refused and nothing else is hurt.
@@ -346,6 +359,7 @@ class Worker:
             "refused_connections": self.client_limits.refused_connections,
             "refused_handshakes": self.client_limits.refused_handshakes,
             "circuit_breakers": {name: u.breaker.status() for name, u in self.runtime.upstreams.items()},
+            "access": self.access.status(),
             "upstreams": {
                 name: [e.status(now) for e in self.registry.endpoints.values() if e.upstream == name]
                 for name in self.runtime.upstreams

@@ -1,0 +1,253 @@
+"""Counters for limits: per worker (`LocalMemory`) or shared by the workers of a node (`SharedMemory`).
+
+Both offer the same calls — `token_bucket`, `sliding_window`, `acquire`/`release` — on keys
+that are bytes. `SharedMemory` is one file of fixed size in the master's run directory,
+mapped by every worker: records sit in buckets of 8 slots (a key's bucket is fixed by its
+64-bit hash) and a bucket changes only under an fcntl lock on its own bytes, which the
+kernel drops if a worker dies holding it. Decisions are exact — serialized per key, on
+the one monotonic clock all processes share — except after an eviction: a full bucket
+forgets its least recently used record, so memory stays fixed and a forgotten key starts
+afresh (it fails open). This module knows no HTTP and no config.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import math
+import mmap
+import os
+import struct
+from collections.abc import Callable
+
+from ..lang.keys import stable_hash
+
+WAYS = 8                 # slots per bucket
+RECORD = 48              # key (u64), last use (f64), 32 bytes of state
+BUCKET = WAYS * RECORD
+RATE_SLOTS = 1 << 16     # distinct rate-limit keys a node remembers (3 MiB)
+GAUGE_SLOTS = 1 << 14    # distinct concurrency keys in flight at once (768 KiB)
+COLUMNS = 16             # gauge counts are kept per worker, in this many columns
+HEADER = struct.Struct("<8sII")
+MAGIC = b"EPSHM\x00\x01\x00"
+LOCAL_KEYS = 100_000     # keys a worker-scope store remembers
+
+_SLOTS = struct.Struct("<" + "Qd32x" * WAYS)  # the (key, last use) of a bucket's slots
+_ENTRY = struct.Struct("<Qd")
+_RATE = struct.Struct("<4d")
+_GAUGE = struct.Struct(f"<{COLUMNS}H")
+
+Decision = tuple[bool, int, float]
+"""(admitted, what remains of the quota, seconds: the delay before an admitted request goes
+on when shaping — else 0 — or, refused, how long until one would be admitted)."""
+
+
+def key_hash(key: bytes) -> int:
+    return stable_hash(key) or 1  # 0 marks a free slot
+
+
+# --- the algorithms: state (4 floats) in, state and decision out -----------------------
+
+
+def bucket_step(state: tuple, now: float, rate: float, burst: float, max_debt: float) -> tuple[tuple, Decision]:
+    """Token bucket: `burst` tokens, refilled at `rate` per second; a request takes one. With
+    `max_debt` (shaping) a request may take a token not yet there and waits for it."""
+    tokens, stamp = state[0], state[1]
+    tokens = burst if stamp == 0.0 else min(burst, tokens + (now - stamp) * rate)
+    if tokens - 1 >= -max_debt:
+        tokens -= 1
+        return (tokens, now, 0.0, 0.0), (True, max(0, int(tokens)), max(0.0, -tokens / rate))
+    return (tokens, now, 0.0, 0.0), (False, 0, (1 - max_debt - tokens) / rate)
+
+
+def window_step(state: tuple, now: float, limit: float, window: float) -> tuple[tuple, Decision]:
+    """Sliding window counter: the previous window's count, weighted by how much of it the
+    sliding window still covers, plus the current window's count."""
+    current = math.floor(now / window)
+    if state[0] == current:
+        previous, count = state[1], state[2]
+    elif state[0] == current - 1:
+        previous, count = state[2], 0.0
+    else:
+        previous, count = 0.0, 0.0
+    into = now / window - current  # fraction of the current window gone by
+    estimate = previous * (1 - into) + count
+    if estimate + 1 <= limit:
+        return (current, previous, count + 1, 0.0), (True, int(limit - estimate - 1), 0.0)
+    excess = estimate + 1 - limit
+    if previous * (1 - into) >= excess:  # the previous window's share fades enough in this one
+        wait = excess / previous * window
+    else:  # next window: this one's count, fading
+        wait = (1 - into) * window + (window * (1 - (limit - 1) / count) if count >= limit else 0.0)
+    return (current, previous, count, 0.0), (False, 0, wait)
+
+
+# --- a worker's own counters -------------------------------------------------------------
+
+
+class LocalMemory:
+    """Counters of one worker: the same calls as `SharedMemory`, without locks."""
+
+    def __init__(self, keys: int = LOCAL_KEYS):
+        self.keys = keys
+        self.rates: dict[int, tuple] = {}
+        self.gauges: dict[int, int] = {}
+
+    def update(self, key: bytes, step: Callable, *args: float) -> Decision:
+        rates, hashed = self.rates, key_hash(key)
+        state = rates.pop(hashed, None)
+        if state is None:
+            state = (0.0, 0.0, 0.0, 0.0)
+            if len(rates) >= self.keys:
+                del rates[next(iter(rates))]  # the least recently used: each use moves a key to the end
+        rates[hashed], decision = step(state, *args)
+        return decision
+
+    def token_bucket(self, key: bytes, rate: float, burst: float, now: float, max_debt: float = 0.0) -> Decision:
+        return self.update(key, bucket_step, now, rate, burst, max_debt)
+
+    def sliding_window(self, key: bytes, limit: float, window: float, now: float) -> Decision:
+        return self.update(key, window_step, now, limit, window)
+
+    def acquire(self, key: bytes, limit: int) -> bool:
+        hashed = key_hash(key)
+        count = self.gauges.get(hashed, 0)
+        if count >= limit:
+            return False
+        self.gauges[hashed] = count + 1
+        return True
+
+    def release(self, key: bytes) -> None:
+        hashed = key_hash(key)
+        count = self.gauges.pop(hashed, 0) - 1
+        if count > 0:
+            self.gauges[hashed] = count
+
+
+# --- the node's shared counters ----------------------------------------------------------
+
+
+class SharedMemory:
+    """The node's shared counters. The master calls `create(path)` once before starting
+    workers; each worker calls `SharedMemory(path, index)` and `forget_worker()` at start.
+
+    For per-address limits (the tls engineer's connection and handshake limits):
+        shared.acquire(b"conn:" + address, 100)   # False: over the limit
+        shared.release(b"conn:" + address)        # when the connection closes
+        shared.token_bucket(b"hs:" + address, rate, burst, time.monotonic())
+    Keys share one namespace: prefix them with what they count.
+    """
+
+    def __init__(self, path: str, worker: int = 0):
+        self.fd = os.open(path, os.O_RDWR)
+        self.map = mmap.mmap(self.fd, 0)
+        magic, rate_buckets, gauge_buckets = HEADER.unpack_from(self.map, 0)
+        if magic != MAGIC:
+            raise ValueError(f"{path} is not an edgeplane shared-memory file")
+        self.rate_buckets, self.gauge_buckets = rate_buckets, gauge_buckets
+        self.gauges_at = HEADER.size + rate_buckets * BUCKET
+        self.column = worker % COLUMNS
+
+    @staticmethod
+    def create(path: str, rate_slots: int = RATE_SLOTS, gauge_slots: int = GAUGE_SLOTS) -> None:
+        rate_buckets, gauge_buckets = max(1, rate_slots // WAYS), max(1, gauge_slots // WAYS)
+        size = HEADER.size + (rate_buckets + gauge_buckets) * BUCKET
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            os.pwrite(fd, HEADER.pack(MAGIC, rate_buckets, gauge_buckets), 0)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.map.close()
+        os.close(self.fd)
+
+    # --- rates ------------------------------------------------------------------------
+
+    def update(self, key: bytes, step: Callable, *args: float) -> Decision:
+        hashed = key_hash(key)
+        start = HEADER.size + hashed % self.rate_buckets * BUCKET
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
+        try:
+            slot, found = self.find(start, hashed, args[0], None)
+            state = _RATE.unpack_from(self.map, slot + 16) if found else (0.0, 0.0, 0.0, 0.0)
+            state, decision = step(state, *args)
+            _ENTRY.pack_into(self.map, slot, hashed, args[0])
+            _RATE.pack_into(self.map, slot + 16, *state)
+            return decision
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, BUCKET, start)
+
+    def token_bucket(self, key: bytes, rate: float, burst: float, now: float, max_debt: float = 0.0) -> Decision:
+        return self.update(key, bucket_step, now, rate, burst, max_debt)
+
+    def sliding_window(self, key: bytes, limit: float, window: float, now: float) -> Decision:
+        return self.update(key, window_step, now, limit, window)
+
+    def find(self, start: int, hashed: int, now: float, busy: Callable[[int], bool] | None) -> tuple[int, bool]:
+        """The slot of `hashed` in the bucket at `start` (found), else the slot to take for it:
+        a free one, else the least recently used one that is not `busy`."""
+        slots = _SLOTS.unpack_from(self.map, start)
+        victim, oldest = -1, math.inf
+        for way in range(WAYS):
+            key, used = slots[2 * way], slots[2 * way + 1]
+            if key == hashed:
+                return start + way * RECORD, True
+            if key == 0:
+                used = -math.inf
+            elif busy is not None and busy(start + way * RECORD):
+                continue
+            if used < oldest:
+                victim, oldest = way, used
+        return (start + victim * RECORD if victim >= 0 else -1), False
+
+    # --- gauges (things in flight) -----------------------------------------------------
+
+    def acquire(self, key: bytes, limit: int) -> bool:
+        """Count one more in flight for `key` unless `limit` are already; a full bucket of
+        busy keys admits without counting (fails open)."""
+        hashed = key_hash(key)
+        start = self.gauges_at + hashed % self.gauge_buckets * BUCKET
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
+        try:
+            slot, found = self.find(start, hashed, 0.0, self.busy)
+            if slot < 0:
+                return True
+            counts = list(_GAUGE.unpack_from(self.map, slot + 16)) if found else [0] * COLUMNS
+            if sum(counts) >= limit:
+                return False
+            counts[self.column] = min(counts[self.column] + 1, 0xFFFF)
+            _ENTRY.pack_into(self.map, slot, hashed, 0.0)
+            _GAUGE.pack_into(self.map, slot + 16, *counts)
+            return True
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, BUCKET, start)
+
+    def release(self, key: bytes) -> None:
+        hashed = key_hash(key)
+        start = self.gauges_at + hashed % self.gauge_buckets * BUCKET
+        fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
+        try:
+            slot, found = self.find(start, hashed, 0.0, self.busy)
+            if found:
+                counts = list(_GAUGE.unpack_from(self.map, slot + 16))
+                if counts[self.column]:
+                    counts[self.column] -= 1
+                    _GAUGE.pack_into(self.map, slot + 16, *counts)
+        finally:
+            fcntl.lockf(self.fd, fcntl.LOCK_UN, BUCKET, start)
+
+    def busy(self, slot: int) -> bool:
+        return any(_GAUGE.unpack_from(self.map, slot + 16))
+
+    def forget_worker(self) -> None:
+        """Zero this worker's gauge column: what a dead predecessor held is not in flight."""
+        offset = 16 + 2 * self.column
+        for bucket in range(self.gauge_buckets):
+            start = self.gauges_at + bucket * BUCKET
+            fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
+            try:
+                for way in range(WAYS):
+                    struct.pack_into("<H", self.map, start + way * RECORD + offset, 0)
+            finally:
+                fcntl.lockf(self.fd, fcntl.LOCK_UN, BUCKET, start)

@@ -1,0 +1,107 @@
+"""Cluster-wide rate limits through real nodes and the real Redis on 127.0.0.1:6379 (each
+test under its own key prefix): accuracy across nodes and workers, and the policies when
+Redis cannot be reached, and coming back when it can."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import pytest
+import redis
+
+from test_rate_limits import get, hammer
+
+from conftest import app_config, free_port, wait_port
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def prefix():
+    """A key prefix of this test's own; the keys are removed afterwards."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as error:
+        pytest.fail(f"these tests need Redis on 127.0.0.1:6379 ({error}); start it with "
+                    "redis-server --daemonize yes --port 6379 --save '' --appendonly no")
+    name = f"test:{uuid.uuid4().hex}:"
+    yield name
+    for key in client.scan_iter(f"{name}*"):
+        client.delete(key)
+    client.close()
+
+
+def cluster_config(echo_server, port: int, redis_url: str, prefix: str, limits: list, rules: list | None = None,
+                   retry: str = "1s") -> dict:
+    config = app_config([echo_server.server()], port, rules or [
+        {"actions": [{"rate-limit": {"policy": limits[0]["name"]}}, {"proxy": {"upstream": "up"}}]}])
+    config["settings"] = {"redis": {"url": redis_url, "key_prefix": prefix, "timeout": "200ms", "retry": retry}}
+    config["rate_limits"] = limits
+    return config
+
+
+def test_two_nodes_of_two_workers_admit_100_per_second_within_five_percent(echo, node, prefix):
+    """One token bucket of 100/s in Redis (burst 20, which absorbs a client stall of 0.2 s)
+    for 2 nodes × 2 workers; 10 s of load from 8 connections, 4 on each node: the cluster
+    admits 100/s × elapsed within ±5 % (the burst adds at most 20 to 1000)."""
+    import threading
+
+    server = echo()
+    limit = {"name": "api", "limit": 100, "window": "1s", "burst": 20, "scope": "cluster"}
+    ports = [free_port(), free_port()]
+    for port in ports:
+        node(cluster_config(server, port, REDIS_URL, prefix, [limit]), workers=2)
+    results: dict[int, tuple] = {}
+    threads = [threading.Thread(target=lambda p=p: results.__setitem__(p, hammer(p, 10.0, connections=4)))
+               for p in ports]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    admitted = sum(r[0] for r in results.values())
+    elapsed = max(r[2] for r in results.values())
+    assert all(r[0] > 0 and r[1] > 0 for r in results.values())  # both nodes admitted and refused
+    assert abs(admitted / elapsed - 100) <= 5, (admitted, elapsed)
+
+
+def test_redis_unreachable_follows_each_policy(echo, node, prefix):
+    port = free_port()
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"
+    limits = [{"name": name, "limit": 2, "window": "1m", "scope": "cluster", "on_unreachable": name}
+              for name in ("allow", "deny", "local")]
+    rules = [{"conditions": [{"var": "path", "op": "eq", "values": [f"/{name}"]}],
+              "actions": [{"rate-limit": {"policy": name}}, {"proxy": {"upstream": "up"}}]}
+             for name in ("allow", "deny", "local")]
+    node(cluster_config(echo(), port, nowhere, prefix, limits, rules))
+    assert [get(port, "/allow")[0] for _ in range(3)] == [200, 200, 200]
+    status, headers, _ = get(port, "/deny")
+    assert (status, headers["retry-after"]) == (503, "1")
+    assert [get(port, "/local")[0] for _ in range(3)] == [200, 200, 429]
+
+
+def test_counting_moves_to_redis_once_it_comes_back(echo, node, prefix, tmp_path):
+    server = echo()
+    port, redis_port = free_port(), free_port()
+    url = f"redis://127.0.0.1:{redis_port}/0"
+    limit = {"name": "api", "limit": 1000, "window": "1m", "scope": "cluster", "on_unreachable": "allow"}
+    node(cluster_config(server, port, url, prefix, [limit], retry="200ms"))
+    assert get(port)[0] == 200  # Redis is not there: allowed by policy
+    redis_server = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--dir", str(tmp_path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(redis_port, proc=redis_server)
+        client = redis.Redis(port=redis_port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not list(client.scan_iter(f"{prefix}*")):
+            assert get(port)[0] == 200
+            time.sleep(0.1)
+        keys = list(client.scan_iter(f"{prefix}*"))
+        assert keys == [f"{prefix}rl:api:".encode()]
+        client.close()
+    finally:
+        redis_server.kill()
+        redis_server.wait()
