@@ -128,7 +128,7 @@ def test_concurrency_limit_is_released_when_the_exchange_ends(echo, node):
     node(limited(server, port, {"name": "one", "algorithm": "concurrency", "limit": 1}), workers=2)
     for _ in range(5):  # a probe that happens to hold the slot when the slow one arrives: again
         outcome: dict = {}
-        slow = threading.Thread(target=lambda: outcome.update(status=get(port, "/?delay=3s")[0]))
+        slow = threading.Thread(target=lambda into=outcome: into.update(status=get(port, "/?delay=3s")[0]))
         slow.start()
         time.sleep(0.5)
         probes = {get(port)[0] for _ in range(4)}
