@@ -149,18 +149,17 @@ def test_concurrency_limit_is_released_when_the_exchange_ends(echo, node):
 
 
 def test_node_scope_is_shared_by_the_workers_within_ten_percent(echo, node):
-    """2 workers share one token bucket of 100/s (burst 5); 4 s of load from 6 connections
-    spread across both. The node admits what an exact bucket admits of the same requests at
+    """2 workers share one token bucket of 100/s (burst 5); 4 s of load from 12 connections
+    spread across both (the kernel puts all 12 on one worker once in 2,048 runs). The node admits what an exact bucket admits of the same requests at
     the times they were sent, within ±10 % (the decisions are exact under the lock; what
     differs is when each request reached the node)."""
     port = free_port()
     started = node(limited(echo(), port, {"name": "node", "limit": 100, "window": "1s", "burst": 5}), workers=2)
-    sent = hammer(port, 4.0, connections=6)
+    sent = hammer(port, 4.0, connections=12)
     expected = ideal_bucket(sent, 100, 5)
     assert len(sent) > expected  # some were refused: the limit was reached
     assert abs(admitted(sent) - expected) / expected <= 0.10, (admitted(sent), expected)
-    workers = {r["worker"] for r in started.access_log(wait_for=len(sent)) if r["status"] == 200}
-    assert workers == {0, 1}
+    assert {r["worker"] for r in started.access_log(wait_for=len(sent), timeout=30)} == {0, 1}
 
 
 def _take(path: str, worker: int, tries: int, out: multiprocessing.Queue) -> None:
