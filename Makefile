@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tests wait on sockets and processes more than on the CPU: three pytest workers fit two cores.
 TEST_WORKERS ?= 3
 
-.PHONY: run test bench bench-rules bench-tls lint clean test-tools
+.PHONY: run test bench bench-rules bench-tls bench-access lint clean test-tools
 # apt-get, as root or through sudo; the package lists are refreshed only if an install needs it.
 APT_INSTALL = sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	$$sudo apt-get install -y --no-install-recommends $(1) || { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(1); }
@@ -42,6 +42,9 @@ bench-tls: $(STAMP)
 bench-rules: $(STAMP)
 	$(BIN)/python bench/rules.py
 	$(BIN)/python bench/rules_e2e.py
+
+bench-access: $(STAMP)
+	$(BIN)/python bench/access.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

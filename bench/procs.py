@@ -7,6 +7,7 @@ this interpreter dies; `Procs.stop_all()` stops everything in reverse order of s
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
 import os
@@ -15,6 +16,7 @@ import resource
 import select
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -308,3 +310,41 @@ class LineReader:
                 self.buffer += chunk
         line, _, self.buffer = self.buffer.partition(b"\n")
         return line.decode()
+
+
+# --- comparisons of a few proxies under the same load (bench-rules, bench-access) ----------
+
+def comparison_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_DURATION", "8")))
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
+    parser.add_argument("--nginx", default="/usr/sbin/nginx")
+    return parser.parse_args()
+
+
+def alternate_rounds(procs: Procs, proxies: dict, script: str, request_file: str, duration: float,
+                     rounds: int, width: int = 11) -> dict[str, tuple[float, float]]:
+    """A 2 s warm-up round, then `rounds` measured rounds, the order of the proxies reversed
+    every round; prints each and returns the medians (req/s, CPU us per request) by label.
+    A proxy is anything with `port` and `worker_pid`; any error fails the bench."""
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in proxies}
+    for round_number in range(rounds + 1):
+        order = list(proxies.items()) if round_number % 2 else list(reversed(proxies.items()))
+        for label, proxy in order:
+            cpu0 = cpu_seconds(proxy.worker_pid)
+            outcome = run_wrk(procs, script, request_file, f"http://127.0.0.1:{proxy.port}/",
+                              duration if round_number else 2, 50)
+            cpu = cpu_seconds(proxy.worker_pid) - cpu0
+            errors = sum(outcome[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+            if errors:
+                raise SystemExit(f"{label}: {errors} errors in round {round_number}")
+            if round_number:  # round 0 warms up
+                results[label].append((outcome["rps"], 1e6 * cpu / max(outcome["requests"], 1)))
+                print(f"  round {round_number} {label:<{width}} {outcome['rps']:>9.1f} req/s "
+                      f"{results[label][-1][1]:>6.1f} us/req", flush=True)
+    medians = {label: (statistics.median(r for r, _ in rows), statistics.median(u for _, u in rows))
+               for label, rows in results.items()}
+    for label, (rps, us) in medians.items():
+        print(f"  median {label:<{width}} {rps:>9.1f} req/s {us:>6.1f} us/req")
+    return medians

@@ -8,9 +8,7 @@ last line as `rules: e2e_ratio_1000_vs_1=<x>`. Run with `make bench-rules`.
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
 import sys
 import tempfile
 
@@ -18,7 +16,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import workload as wl  # noqa: E402
-from procs import Edgeplane, Nginx, Procs, cpu_seconds, free_port, run_wrk  # noqa: E402
+from procs import Edgeplane, Nginx, Procs, alternate_rounds, comparison_args, free_port  # noqa: E402
 
 RULES = 1000
 REGEX_SHARE = 300
@@ -60,12 +58,7 @@ def config(port: int, backend_port: int, rules: list[dict]) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workdir", default=None)
-    parser.add_argument("--duration", type=float, default=float(os.environ.get("BENCH_DURATION", "8")))
-    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
-    parser.add_argument("--nginx", default="/usr/sbin/nginx")
-    args = parser.parse_args()
+    args = comparison_args(__doc__)
     work = args.workdir or tempfile.mkdtemp(prefix="edgeplane-bench-rules-")
     procs = Procs(os.path.join(work, "pids"))
     exe = os.path.join(os.path.dirname(HERE), ".venv", "bin", "edgeplane")
@@ -84,28 +77,10 @@ def main() -> int:
             path = os.path.join(work, f"{label.replace(' ', '-')}.json")
             wl.write_json(path, config(port, backend_port, rules))
             nodes[label] = Edgeplane(procs, exe, path, port, None, os.path.join(work, f"{label}.log"), label)
-        script = os.path.join(HERE, "wrk", "mix.lua")
-        results: dict[str, list[tuple[float, float]]] = {label: [] for label in nodes}
         print(f"rules bench: wrk -t1 -c50 -d{args.duration:g}s x {args.rounds} rounds, {len(targets())} paths, "
               f"{RULES} rules with {REGEX_SHARE} regexes vs 1 rule", flush=True)
-        for round_number in range(args.rounds + 1):
-            order = list(nodes.items()) if round_number % 2 else list(reversed(nodes.items()))
-            for label, node in order:
-                cpu0 = cpu_seconds(node.worker_pid)
-                outcome = run_wrk(procs, script, requests, f"http://127.0.0.1:{node.port}/",
-                                  args.duration if round_number else 2, 50)
-                cpu = cpu_seconds(node.worker_pid) - cpu0
-                errors = sum(outcome[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
-                if errors:
-                    raise SystemExit(f"{label}: {errors} errors in round {round_number}")
-                if round_number:  # round 0 warms up
-                    results[label].append((outcome["rps"], 1e6 * cpu / max(outcome["requests"], 1)))
-                    print(f"  round {round_number} {label:<11} {outcome['rps']:>9.1f} req/s "
-                          f"{results[label][-1][1]:>6.1f} us/req", flush=True)
-        medians = {label: (statistics.median(r for r, _ in rows), statistics.median(u for _, u in rows))
-                   for label, rows in results.items()}
-        for label, (rps, us) in medians.items():
-            print(f"  median {label:<11} {rps:>9.1f} req/s {us:>6.1f} us/req")
+        medians = alternate_rounds(procs, nodes, os.path.join(HERE, "wrk", "mix.lua"), requests, args.duration,
+                                   args.rounds)
         one, many = medians["1 rule"], medians[f"{RULES} rules"]
         print(f"  CPU per request: +{many[1] - one[1]:.1f} us for {RULES} rules")
         print(f"rules: e2e_ratio_1000_vs_1={many[0] / one[0]:.3f} cpu_ratio_1_vs_1000={one[1] / many[1]:.3f}")

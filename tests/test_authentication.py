@@ -236,28 +236,31 @@ def key_node(echo, node):
               "actions": [{"set-request-header": {"name": "X-Consumer-Tier", "value": "gold"}}]},
              {"actions": [{"proxy": {"upstream": "up"}}]}]
     consumers = [{"name": "partner", "tier": "gold", "api_keys": [hash_api_key(KEY)]}]
-    node(auth_config(echo(), port, providers, rules, consumers))
-    return port
+    return port, node(auth_config(echo(), port, providers, rules, consumers))
 
 
 def test_an_api_key_in_a_header_maps_to_its_consumer_and_is_stripped(key_node):
-    status, _, body = get(key_node, "/h", {"X-Api-Key": KEY})
+    port, started = key_node
+    status, _, body = get(port, "/h", {"X-Api-Key": KEY})
     assert status == 200
     seen = json.loads(body)["headers"]
     assert "X-Api-Key" not in seen
     assert seen["X-Consumer-Tier"] == ["gold"]
+    assert started.access_log(wait_for=1)[-1]["consumer"] == "partner"
 
 
 def test_an_api_key_in_the_query_is_stripped_from_it(key_node):
-    status, _, body = get(key_node, f"/q/items?apikey={KEY}&page=2")
+    port, _ = key_node
+    status, _, body = get(port, f"/q/items?apikey={KEY}&page=2")
     assert status == 200
     assert json.loads(body)["path"] == "/q/items?page=2"
 
 
 def test_a_wrong_or_missing_api_key_is_refused(key_node):
-    status, headers, _ = get(key_node, "/h", {"X-Api-Key": KEY + "x"})
+    port, _ = key_node
+    status, headers, _ = get(port, "/h", {"X-Api-Key": KEY + "x"})
     assert (status, headers["www-authenticate"]) == (401, 'ApiKey realm="keys", error="invalid_key"')
-    status, headers, _ = get(key_node, "/h")
+    status, headers, _ = get(port, "/h")
     assert (status, headers["www-authenticate"]) == (401, 'ApiKey realm="keys"')
 
 

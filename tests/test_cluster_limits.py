@@ -89,6 +89,7 @@ def test_counting_moves_to_redis_once_it_comes_back(echo, node, prefix, tmp_path
     url = f"redis://127.0.0.1:{redis_port}/0"
     limit = {"name": "api", "limit": 1000, "window": "1m", "scope": "cluster", "on_unreachable": "allow"}
     node(cluster_config(server, port, url, prefix, [limit], retry="200ms"))
+    wait_port(port)
     assert get(port)[0] == 200  # Redis is not there: allowed by policy
     redis_server = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", str(tmp_path)],

@@ -994,6 +994,33 @@ class BasicProvider(Model):
     cache: Duration = Field(300.0, description="how long a verified password is remembered (0: never)")
 
 
+class OidcProvider(Model):
+    """Browser login with OpenID Connect: authorization code + PKCE, a session cookie."""
+
+    issuer: HttpUrl
+    client_id: str
+    client_secret: str | None = None
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
+    redirect_path: UriPart = "/oauth2/callback"
+    logout_path: UriPart = "/oauth2/logout"
+    post_logout_redirect: UriPart = "/"
+    cookie: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")] = "edgeplane_session"
+    session_secret: str = Field(min_length=32, description="signs and encrypts the session cookie")
+    session_lifetime: Duration = Field(8 * 3600.0, description="longest a session lives before a new login")
+    algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: ["RS256", "ES256"])
+    consumer_claim: str | None = "sub"
+    claims_to_headers: dict[str, HeaderName] = Field(default_factory=dict)
+    discovery_refresh: Duration = 3600.0
+
+    @model_validator(mode="after")
+    def _scopes(self) -> OidcProvider:
+        if "openid" not in self.scopes:
+            raise ValueError("scopes must include openid")
+        for header in self.claims_to_headers.values():
+            check_header_name(header)
+        return self
+
+
 class ExtAuthzProvider(Model):
     """A subrequest to an authorization service decides: 2xx allows, anything else denies."""
 
@@ -1017,7 +1044,7 @@ class ExtAuthzProvider(Model):
         return self
 
 
-AUTH_KINDS = ("jwt", "api_key", "basic", "ext_authz")
+AUTH_KINDS = ("jwt", "api_key", "basic", "oidc", "ext_authz")
 
 
 class AuthProvider(Model):
@@ -1027,6 +1054,7 @@ class AuthProvider(Model):
     jwt: JwtProvider | None = None
     api_key: ApiKeyProvider | None = None
     basic: BasicProvider | None = None
+    oidc: OidcProvider | None = None
     ext_authz: ExtAuthzProvider | None = None
 
     @model_validator(mode="after")

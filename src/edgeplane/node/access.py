@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..lang.compile import CompileContext, Step
-from ..model.config import Authenticate, Config, RateLimit, RateLimitAction
+from ..model.config import Authenticate, Config, RateLimitAction
 from .cluster_limits import ClusterLimits
 from .ratelimit import compile_limit
 from .shared import LocalMemory, SharedMemory
@@ -33,7 +33,8 @@ class AccessState:
     def memory(self, scope: str) -> LocalMemory | SharedMemory:
         return self.local if scope == "worker" else self.node
 
-    def cluster(self, limit: RateLimit) -> ClusterLimits:
+    def cluster(self) -> ClusterLimits:
+        """The Redis of this config version's `settings.redis` (a new client when they changed)."""
         settings = self.config.settings.redis
         cluster = self.redis.get(settings.url)
         if cluster is None or cluster.settings != settings:

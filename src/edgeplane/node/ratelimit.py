@@ -63,7 +63,7 @@ def compile_limit(limit: RateLimit, context: CompileContext, state: AccessState)
         return _concurrency_step(limit, prefix, key_of, quota_of, store)
     answer = _answer(limit)
     if limit.scope == "cluster":
-        return state.cluster(limit).step(limit, prefix, key_of, quota_of, answer)
+        return state.cluster().step(limit, prefix, key_of, quota_of, answer)
     count = _counter(limit, state.memory(limit.scope))
 
     def rate_limit(request: Any, ops: list) -> Any:

@@ -23,7 +23,7 @@ LOG_FIELDS = (
     "time", "request_id", "client", "method", "host", "uri", "status", "bytes_in", "bytes_out",
     "application", "rule", "upstream", "upstream_addr", "upstream_status", "duration_ms",
     "connect_ms", "upstream_ms", "error", "worker", "config_version", "tls_version", "ja4",
-    "tls_client_identity", "tls_client_fingerprint", "attempts", "retry", "circuit_breaker",
+    "tls_client_identity", "tls_client_fingerprint", "attempts", "retry", "circuit_breaker", "consumer",
 )
 ENCODE_SLICE = 256  # records encoded between two turns of the event loop
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -203,7 +203,7 @@ class AccessLog:
                 continue
             (start, end, request_id, client, method, host, target, status, bytes_in, bytes_out, app, rule,
              upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version, tls, attempts, retried,
-             breaker_limit) = record
+             breaker_limit, consumer) = record
             identity = tls.identity if tls is not None else None
             lines.append(dumps(dict(zip(LOG_FIELDS, (
                 round(wall + start, 6), request_id.decode("latin-1") or None, client, method or None, host,
@@ -214,7 +214,7 @@ class AccessLog:
                 tls.version if tls is not None else None, tls.ja4 if tls is not None else None,
                 identity.primary or None if identity is not None else None,
                 identity.fingerprint or None if identity is not None else None, attempts,
-                retried.rstrip(",") or None, breaker_limit or None)))))
+                retried.rstrip(",") or None, breaker_limit or None, consumer or None)))))
         lines.append(b"")
         return b"\n".join(lines)
 

@@ -145,7 +145,7 @@ class Worker:
                 app, exchange.rule, upstream, endpoint.label if endpoint is not None else None,
                 exchange.upstream_status, exchange.connected_at, exchange.sent_at, exchange.error,
                 exchange.runtime.version, exchange.client.tls, exchange.attempt, exchange.retry_log,
-                exchange.breaker_limit,
+                exchange.breaker_limit, request.consumer,
             ))
 
     def transition(self, upstream: str, endpoint: str, source: str, state: str, cause: str) -> None:
@@ -167,7 +167,7 @@ class Worker:
             now = time.monotonic()
             self.access_log.append((
                 now, now, b"", client.peer_ip.decode(), None, None, None, rejection.status, 0, 0,
-                "-", -1, None, None, 0, 0.0, 0.0, rejection.cause, self.runtime.version, client.tls, 1, "", "",
+                "-", -1, None, None, 0, 0.0, 0.0, rejection.cause, self.runtime.version, client.tls, 1, "", "", "",
             ))
 
     # --- configuration -----------------------------------------------------------------

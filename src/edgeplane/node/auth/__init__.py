@@ -104,5 +104,8 @@ def compile_provider(provider: AuthProvider, config: Config, context: CompileCon
     if kind == "basic":
         from .credentials import compile_basic
         return compile_basic(provider.name, provider.basic, config.consumers, state)
+    if kind == "oidc":
+        from .oidc import compile_oidc
+        return compile_oidc(provider.name, provider.oidc, state)
     from .extauthz import compile_ext_authz
     return compile_ext_authz(provider.name, provider.ext_authz, context, state, upstreams)
