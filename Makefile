@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tests wait on sockets and processes more than on the CPU: three pytest workers fit two cores.
 TEST_WORKERS ?= 3
 
-.PHONY: run test bench bench-rules bench-tls bench-access lint clean test-tools
+.PHONY: run test bench bench-control-plane bench-rules bench-tls bench-access lint clean test-tools
 # apt-get, as root or through sudo; the package lists are refreshed only if an install needs it.
 APT_INSTALL = sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	$$sudo apt-get install -y --no-install-recommends $(1) || { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(1); }
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/edgeplane up --config examples/quickstart.yaml --bind 127.0.0.1 --demo-backend 127.0.0.1:9001
+	$(BIN)/edgeplane up --config examples/quickstart.yaml --bind 127.0.0.1 --demo-backend 127.0.0.1:9001 --data-dir .edgeplane
 
 # What the tests run besides Python: pebble (the ACME test server of tests/test_acme.py).
 test-tools:
@@ -38,6 +38,10 @@ bench: $(STAMP)
 bench-tls: $(STAMP)
 	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || { $(call APT_INSTALL,nginx-light); }
 	$(BIN)/python bench/tls.py
+
+bench-control-plane: $(STAMP)
+	$(BIN)/python bench/control_plane.py propagation
+	$(BIN)/python bench/control_plane.py scale
 
 bench-rules: $(STAMP)
 	$(BIN)/python bench/rules.py

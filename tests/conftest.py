@@ -235,3 +235,6 @@ def backend():
     yield start
     for server in servers:
         server.stop()
+
+
+pytest_plugins = ["admin_harness"]  # the control plane's fixtures: stores on both backends, admins, synced nodes

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
+from pathlib import Path
 
 import uvloop
 
@@ -46,8 +45,13 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 def cmd_node(args: argparse.Namespace) -> int:
     from .node.master import Master
+    if (args.config is None) == (args.admin is None):
+        print("edgeplane node: give --config FILE (a node on a file) or --admin URL (a node synced with an admin)",
+              file=sys.stderr)
+        return 2
     access_log = None if args.access_log == "off" else args.access_log
-    master = Master(args.config, args.workers, args.bind, args.status, args.partition, access_log, args.data_dir)
+    master = Master(args.config, args.workers, args.bind, args.status, args.partition, access_log, args.data_dir,
+                    args.admin, args.token, args.name)
     return uvloop.run(master.run())
 
 
@@ -62,41 +66,15 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Every role that exists, in one command: today the node (plus an optional demo backend)."""
+    """Every role that exists, in one command: the admin on a data directory, the config
+    applied and released, a node joined to the admin (auto-approved), a demo backend."""
+    from .quickstart import up
     try:
         config = load(args.config)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
-    children: list[subprocess.Popen] = []
-    if args.demo_backend:
-        children.append(subprocess.Popen([sys.executable, "-m", "edgeplane", "echo", "--listen", args.demo_backend]))
-    node = subprocess.Popen([sys.executable, "-m", "edgeplane", "node", "--config", args.config,
-                             "--workers", str(args.workers), "--bind", args.bind, "--status", args.status,
-                             "--access-log", args.access_log])
-    children.append(node)
-    ports = sorted({p for a in config.applications for p in a.ports})
-    domain = next((d for a in config.applications for d in a.domains if "*" not in d), "localhost")
-    print("\nedgeplane is starting:", flush=True)
-    for port in ports:
-        print(f"  node      http://{args.bind}:{port}/   try: curl -H 'Host: {domain}' http://{args.bind}:{port}/")
-    print(f"  status    http://{args.status}/status  and  /metrics")
-    if args.demo_backend:
-        print(f"  demo      http://{args.demo_backend}/ (the upstream the quickstart proxies to)")
-    print("  Ctrl-C stops everything.\n", flush=True)
-    try:
-        return node.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                child.kill()
+    return up(args, config)
 
 
 def _read_rules(path: str) -> list[Rule]:
@@ -160,6 +138,10 @@ def _app_index(config: Config, name: str | None, source: str) -> int:
         return 0
     wanted = f"no application named {name!r}" if name else "several applications"
     raise ConfigError(source, [Problem("applications", f"{wanted}; choose one with --app: {', '.join(names) or '(none)'}")])
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgeplane"
 
 
 def _port_pair(text: str) -> tuple[int, int]:
@@ -232,23 +214,31 @@ def parser() -> argparse.ArgumentParser:
     dumper.add_argument("--format", choices=("yaml", "json"), default="yaml")
     dumper.set_defaults(run=cmd_dump)
 
-    def node_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", "-c", required=True, help="config file; reloaded when it changes and on SIGHUP")
+    def node_flags(p: argparse.ArgumentParser, config_required: bool) -> None:
+        p.add_argument("--config", "-c", required=config_required,
+                       help="config file; reloaded when it changes and on SIGHUP")
         p.add_argument("--workers", "-w", type=int, default=int(os.environ.get("EDGEPLANE_WORKERS", "1")))
         p.add_argument("--bind", default="0.0.0.0", help="address the application ports listen on")
         p.add_argument("--status", default="127.0.0.1:9901", help="HOST:PORT of /metrics and /status")
         p.add_argument("--access-log", default="-", help="file, '-' for stdout, or 'off'")
 
-    node = sub.add_parser("node", help="run a gateway node")
-    node_flags(node)
-    node.add_argument("--partition", default="default", help="serve the applications bound to this partition")
+    node = sub.add_parser("node", help="run a gateway node, on a config file or synced with an admin")
+    node_flags(node, config_required=False)
+    node.add_argument("--partition", default="default", help="with --config: serve the applications of this partition")
+    node.add_argument("--admin", metavar="URL", help="sync with this admin instead of reading a file")
+    node.add_argument("--token", help="the join token (first start only; the node keeps its credential)")
     node.add_argument("--data-dir", default=os.environ.get("EDGEPLANE_DATA_DIR", "edgeplane-data"),
-                      help="where the node keeps what it makes itself (ACME account and certificates)")
+                      help="what the node keeps itself: the local store and credential of a synced node, "
+                           "ACME account and certificates (default: %(default)s)")
+    node.add_argument("--name", help="node name (default: host name and a digest of the data directory)")
     node.set_defaults(run=cmd_node)
 
     up = sub.add_parser("up", help="start every role on one machine (the quickstart)")
-    node_flags(up)
+    node_flags(up, config_required=True)
     up.add_argument("--demo-backend", metavar="HOST:PORT", help="also start the echo backend here")
+    up.add_argument("--data-dir", default=os.environ.get("EDGEPLANE_DATA", str(_default_data_dir())),
+                    help="the admin's store and the node's local store (default: %(default)s)")
+    up.add_argument("--admin-listen", default="127.0.0.1:9900", help="HOST:PORT of the admin API")
     up.set_defaults(run=cmd_up)
 
     echo = sub.add_parser("echo", help="run the echo backend (demo upstream, test server)")
@@ -287,6 +277,8 @@ def parser() -> argparse.ArgumentParser:
     gateway_out.add_argument("--endpoints", metavar="FILE", help="also write the endpoints file of the Services")
     gateway_out.add_argument("-o", "--output", help="write the manifests here instead of stdout")
     gateway_out.set_defaults(run=cmd_export_gateway_api)
+    from .cli_control import add_commands
+    add_commands(sub)
     return top
 
 

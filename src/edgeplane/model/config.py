@@ -30,16 +30,23 @@ class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+SECRET = {"secret": True}
+"""`json_schema_extra` of a field holding a secret: the admin encrypts it at rest and
+shows it redacted."""
+
+
 # --- topology ------------------------------------------------------------------------
 
 
 class Partition(Model):
     name: Name
+    review: bool = Field(False, description="a release needs approval by a second user with release permission")
 
 
 class Cluster(Model):
     name: Name
     partition: Name = "default"
+    auto_approve: bool = Field(False, description="nodes joining this cluster serve at once, without approval")
 
 
 class Node(Model):
@@ -744,7 +751,7 @@ class Certificate(Model):
 
     name: Name
     cert: str | None = Field(None, description="PEM: the certificate, then its chain")
-    key: str | None = Field(None, description="PEM private key")
+    key: str | None = Field(None, description="PEM private key", json_schema_extra=SECRET)
     cert_file: str | None = None
     key_file: str | None = None
     acme: bool = Field(False, description="issued and renewed by the node over ACME (settings.acme)")

@@ -76,9 +76,11 @@ def line_for(path: str, lines: dict[str, int]) -> int | None:
     return lines.get("")
 
 
-def _problems(error: ValidationError, lines: dict[str, int]) -> list[Problem]:
+def problems_of(errors: list[dict[str, Any]], lines: dict[str, int] | None = None) -> list[Problem]:
+    """pydantic error records → problems with field paths (and lines, when known)."""
+    lines = lines or {}
     problems = []
-    for item in error.errors(include_url=False):
+    for item in errors:
         # Discriminated unions add the tag (e.g. "proxy") to the location; the YAML path
         # has it too, as the action's single key, so it stays.
         path = format_path(item["loc"])
@@ -139,7 +141,7 @@ def parse(text: str, source: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(source, _problems(error, _line_map(node))) from None
+        raise ConfigError(source, problems_of(error.errors(include_url=False), _line_map(node))) from None
 
 
 def load(path: str | Path) -> Config:

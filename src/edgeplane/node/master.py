@@ -6,7 +6,9 @@ worker that died, and answers /metrics and /status by asking every worker over i
 control socket and merging. It also runs what a node does once rather than once per
 worker — TLS ticket keys, the active health checks, ACME orders — from each config it
 sees (`apply_config`), and tells the workers the health verdicts and new certificates.
-It never touches client traffic.
+A node joined to an admin also runs the sync client here: it stores each release in the
+local store (which replaces the config file) and tells the workers to reload. It never
+touches client traffic.
 """
 
 from __future__ import annotations
@@ -27,17 +29,29 @@ from ..model.load import ConfigError, load
 from .acme import AcmeManager
 from .health import HealthRunner
 from .shared import SharedMemory
+from .store import ConfigBuilder, LocalStore
 from .telemetry import AccessLog, Metrics, merge, render_prometheus
 from .tickets import KEY_FILE, TicketKeyFile
-from .worker import HEALTH_FILE, TRANSITIONS_KEPT, file_signature, log
+from .worker import HEALTH_FILE, STORE_PREFIX, TRANSITIONS_KEPT, file_signature, log
 
+NODE_WIDE = frozenset({"applications"})  # kinds the master's node-wide work does without
 HOUSEKEEPING = 1.0  # seconds between two looks at the config file and the ticket keys
 ACME_RETRY = 30.0   # seconds before a failed ACME order is tried again (check_interval if shorter)
 
 
 class Master:
-    def __init__(self, config: str, workers: int, bind: str, status: str | None, partition: str,
-                 access_log: str | None, data_dir: str | None = None):
+    def __init__(self, config: str | None, workers: int, bind: str, status: str | None, partition: str,
+                 access_log: str | None, data_dir: str | None = None, admin: str | None = None,
+                 join_token: str | None = None, name: str | None = None):
+        self.sync = None
+        self.builder = ConfigBuilder()
+        if admin is not None:
+            from .sync import SyncClient  # httpx: only nodes synced with an admin load it
+            directory = Path(data_dir or "edgeplane-data")
+            directory.mkdir(parents=True, exist_ok=True)
+            store = LocalStore(directory / "node.db")
+            self.sync = SyncClient(admin, join_token, directory, name, store, self.reload_workers, self.report)
+            config = STORE_PREFIX + str(store.path)
         self.config = config
         self.count = workers
         self.bind = bind
@@ -123,16 +137,19 @@ class Master:
     # --- node-wide work: the config as the master sees it, ticket keys, health checks ----
 
     def read_config(self) -> bool:
-        """Re-read the config file when it changed; False when it is not valid (the workers
-        keep serving their last good one, and so does the master's node-wide work)."""
-        signature = file_signature(Path(self.config))
-        if not signature:
+        """Re-read the config file (or the local store) when it changed; False when it is
+        not valid (the workers keep serving their last good one, and so does the master's
+        node-wide work)."""
+        store = self.sync.store if self.sync is not None else None
+        signature = (store.version,) if store is not None else file_signature(Path(self.config))
+        if not signature or signature == (0,):
             return False
         if signature == self.config_signature:
             return True
         self.config_signature = signature
         try:
-            config = load(self.config)
+            config = self.builder.build(store.read()[2], str(store.path), NODE_WIDE) if store is not None \
+                else load(self.config)
         except ConfigError:
             return False
         self.apply_config(config)
@@ -210,6 +227,37 @@ class Master:
         finally:
             self.acme_running = False
 
+    # --- sync --------------------------------------------------------------------------
+
+    async def reload_workers(self, version: int) -> int:
+        """A release was stored: the master's node-wide work takes it, then every worker.
+        Returns the release all workers run (the oldest when they differ, 0 when none answered)."""
+        self.read_config()
+        answers = await asyncio.gather(*(self.ask(i, 120.0, b"reload {}\n") for i in range(self.count)))
+        versions = [int(a["version"]) for a in answers if a is not None]
+        for answer in answers:
+            if answer is not None and not answer["ok"]:
+                log("release_rejected", version=version, error=answer["last_error"])
+        return min(versions) if versions else 0
+
+    async def report(self) -> dict:
+        """What the node tells the admin on each poll: kept as sent, read by `edgeplane status`."""
+        workers = await self.gather()
+        return {
+            "uptime_s": round(time.time() - self.started, 1),
+            "last_error": next((w["last_error"] for w in workers if w["last_error"]), ""),
+            "workers": [{k: w[k] for k in ("worker", "pid", "version", "connections", "reloads")} for w in workers],
+            "metrics": [w["metrics"] for w in workers],  # each worker's snapshot: telemetry.merge adds them up
+        }
+
+    def sync_ended(self, task: asyncio.Task) -> None:
+        """The sync client only ends by an error it cannot go on from (the node cannot join)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        print(error if isinstance(error, SystemExit) else f"edgeplane node: sync failed: {error!r}", file=sys.stderr)
+        asyncio.ensure_future(self.stop())
+
     # --- status port -------------------------------------------------------------------
 
     async def gather(self) -> list[dict]:
@@ -237,6 +285,7 @@ class Master:
         body = {
             "config_version": versions[0] if len(versions) == 1 else versions,
             "config_file": self.config, "uptime_s": round(time.time() - self.started, 1),
+            **({"sync": self.sync.status()} if self.sync is not None else {}),
             "workers": [{k: w[k] for k in ("worker", "pid", "version", "connections", "reloads", "last_error")}
                         for w in workers],
             "upstreams": self.upstream_view(workers),
@@ -302,6 +351,25 @@ class Master:
         finally:
             writer.close()
 
+    async def start_status(self) -> None:
+        if self.status_address and self.status_server is None:
+            host, _, port = self.status_address.rpartition(":")
+            self.status_server = await asyncio.start_server(self.answer_status, host or "127.0.0.1", int(port))
+
+    async def first_release(self, done: asyncio.Event) -> bool:
+        """Wait until the local store holds a release (joining, approval, a first release of
+        the partition); False when the node is stopped before."""
+        if self.sync.stored.is_set():
+            return True
+        log("node_waiting", admin=self.sync.admin, reason="no release stored yet: joining, approval, "
+            "or a first release of the partition")
+        stored = asyncio.ensure_future(self.sync.stored.wait())
+        stopped = asyncio.ensure_future(done.wait())
+        await asyncio.wait([stored, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stored.cancel()
+        stopped.cancel()
+        return self.sync.stored.is_set() and not done.is_set()
+
     # --- life cycle --------------------------------------------------------------------
 
     def reload(self) -> None:
@@ -323,8 +391,8 @@ class Master:
         log("node_draining", workers=len(self.processes))
         self.forward(signal.SIGTERM)
         try:
-            config = load(self.config)
-            grace = config.settings.limits.drain_timeout + 5
+            limits = self.settings.limits if self.sync is not None else load(self.config).settings.limits
+            grace = limits.drain_timeout + 5
         except ConfigError:
             grace = 35
         waits = [p.wait() for p in self.processes.values()]
@@ -334,11 +402,12 @@ class Master:
             self.forward(signal.SIGKILL)
 
     async def run(self) -> int:
-        try:
-            load(self.config)
-        except ConfigError as error:
-            print(f"edgeplane node: the config is not valid:\n{error}", file=sys.stderr)
-            return 2
+        if self.sync is None:
+            try:
+                load(self.config)
+            except ConfigError as error:
+                print(f"edgeplane node: the config is not valid:\n{error}", file=sys.stderr)
+                return 2
         loop = asyncio.get_running_loop()
         done = asyncio.Event()
 
@@ -348,6 +417,15 @@ class Master:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, lambda: asyncio.ensure_future(shutdown()))
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        syncing = None
+        if self.sync is not None:
+            syncing = asyncio.ensure_future(self.sync.run())
+            syncing.add_done_callback(self.sync_ended)
+            await self.start_status()
+            if not await self.first_release(done):
+                syncing.cancel()
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                return 0
         self.read_config()
         self.tickets.refresh()  # before any worker: the first handshakes already share keys
         for index in range(self.count):
@@ -362,15 +440,15 @@ class Master:
                 return 1
         for index in range(self.count):  # verdicts given while the workers started
             await self.tell_health(index, self.health_message)
-        if self.status_address:
-            host, _, port = self.status_address.rpartition(":")
-            self.status_server = await asyncio.start_server(self.answer_status, host or "127.0.0.1", int(port))
+        await self.start_status()
+        if self.sync is not None:
+            self.sync.kick(await self.reload_workers(self.sync.store.version))
         supervisors = [asyncio.ensure_future(self.supervise(i)) for i in range(self.count)]
         housekeeping = asyncio.ensure_future(self.housekeeping())  # ACME needs the workers' ports open
         log("node_ready", workers=self.count, bind=self.bind, status=self.status_address,
             config=self.config, pid=os.getpid())
         await done.wait()
-        for task in [*supervisors, housekeeping]:
+        for task in [*supervisors, housekeeping, *([syncing] if syncing else [])]:
             task.cancel()
         await self.events.flush()
         self.events.flush_now()

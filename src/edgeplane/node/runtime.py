@@ -3,7 +3,10 @@
 Everything a request needs is prepared here once per config version: host tables per
 port (`DomainTable`), each application's compiled rule chain, and each upstream's
 balancer and outlier detector over endpoints that outlive the runtime. A request
-holds the runtime it started with, so a swap never changes a request in flight.
+holds the runtime it started with, so a swap never changes a request in flight. Given the
+previous runtime, a config in which only applications changed keeps the previous
+upstreams and compile context, and every application whose object is unchanged keeps its
+compiled route: a one-rule change among 10,000 applications compiles one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..lang.compile import CompileContext, compile_rules
-from ..model.config import AccessLog, Config, Limits, UpstreamTimeouts
+from ..model.config import AccessLog, Application, Config, Limits, UpstreamTimeouts
 from ..model.load import dump
 from .access import AccessState, node_actions
 from .acme import challenge_directory
@@ -44,6 +47,7 @@ class UpstreamRuntime:
 class AppRuntime:
     name: str
     route: object
+    source: Application | None = None  # the object it was compiled from
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,8 @@ class Runtime:
     trusted: PrefixTable
     tls: TlsTable
     acme_challenges: Path | None = None  # where HTTP-01 answers are, when the node uses ACME
+    context: CompileContext | None = None
+    apps: dict[str, AppRuntime] = dataclasses.field(default_factory=dict)
 
     def lookup(self, port: int, host: str) -> AppRuntime | None:
         table = self.ports.get(port)
@@ -73,8 +79,16 @@ def config_version(config: Config) -> str:
 
 def compile_runtime(config: Config, registry: EndpointRegistry, partition: str = "default",
                     data_dir: Path | None = None, names: NameCache | None = None,
-                    access: AccessState | None = None) -> Runtime:
+                    access: AccessState | None = None, version: str | None = None,
+                    previous: Runtime | None = None) -> Runtime:
+    """`version` names the runtime (a hash of the config when not given); `previous` lends
+    what it compiled when only applications changed."""
     names = names or NameCache()
+    access = access or AccessState()
+    if previous is not None and previous.context is not None and only_applications_changed(previous.config, config):
+        access.config = config  # what node_actions would have set
+        return compile_applications(config, partition, previous.upstreams, previous.context, previous.apps,
+                                    data_dir, names, version)
     certificates = {c.name: c for c in config.certificates}
     upstreams: dict[str, UpstreamRuntime] = {}
     for upstream in config.upstreams:
@@ -106,13 +120,27 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
     context = CompileContext(
         timezone=settings.timezone, retry_policy=retry_policy,
         locate=locator([(entry.cidr, entry.location) for entry in settings.locations], settings.geoip_database))
-    context = dataclasses.replace(context, node_actions=node_actions(config, context, access or AccessState(), upstreams))
+    context = dataclasses.replace(context, node_actions=node_actions(config, context, access, upstreams))
+    return compile_applications(config, partition, upstreams, context, {}, data_dir, names, version)
+
+
+def compile_applications(config: Config, partition: str, upstreams: dict[str, UpstreamRuntime],
+                         context: CompileContext, compiled_before: dict[str, AppRuntime], data_dir: Path | None,
+                         names: NameCache, version: str | None) -> Runtime:
+    """The runtime over these upstreams and context; `compiled_before` are routes compiled
+    with them, kept for applications whose object did not change."""
+    settings = config.settings
     ports: dict[int, DomainTable[AppRuntime]] = {}
+    apps: dict[str, AppRuntime] = {}
     for app in config.applications:
         if partition not in app.partitions:
             continue
-        route = compile_rules(app.rules, upstreams, context, config.global_rules.before, config.global_rules.after)
-        compiled = AppRuntime(app.name, route)
+        compiled = compiled_before.get(app.name)
+        if compiled is None or not (compiled.source is app or compiled.source == app):
+            route = compile_rules(app.rules, upstreams, context, config.global_rules.before,
+                                  config.global_rules.after)
+            compiled = AppRuntime(app.name, route, app)
+        apps[app.name] = compiled
         for port in app.ports + app.https_ports:
             table = ports.setdefault(port, DomainTable())
             for domain in app.domains:
@@ -121,7 +149,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
                       data_dir, names)
     names.done()
     return Runtime(
-        version=config_version(config),
+        version=version or config_version(config),
         config=config,
         limits=config.settings.limits,
         access_log=config.settings.access_log,
@@ -130,7 +158,14 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
         trusted=PrefixTable([(cidr, "trusted") for cidr in settings.trusted_proxies]),
         tls=tls,
         acme_challenges=challenge_directory(data_dir) if settings.acme is not None and data_dir else None,
+        context=context,
+        apps=apps,
     )
+
+
+def only_applications_changed(old: Config, new: Config) -> bool:
+    """Everything but the applications is the same (the same objects, or equal ones)."""
+    return all(getattr(old, field) == getattr(new, field) for field in Config.model_fields if field != "applications")
 
 
 def endpoint_keys(runtime: Runtime) -> set:

@@ -1,9 +1,11 @@
 """One worker process: listeners, the current runtime, and the housekeeping around them.
 
-A worker loads and compiles its config itself, opens its listeners with SO_REUSEPORT, and
-swaps to a new runtime when the file changes or SIGHUP arrives, but only after the new
-config validated, compiled and got every listener it needs; otherwise it keeps serving
-the old one. SIGTERM drains: stop accepting, finish what is in flight, exit.
+A worker loads and compiles its config itself (from a file, or from the node's local
+store when the node syncs with an admin), opens its listeners with SO_REUSEPORT, and
+swaps to a new runtime when the file or the store changes, SIGHUP arrives or the master
+says `reload`, but only after the new config validated, compiled and got every listener
+it needs; otherwise it keeps serving the old one. SIGTERM drains: stop accepting, finish
+what is in flight, exit.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .listener import TlsListener
 from .openssl import ticket_callback
 from .runtime import Runtime, compile_runtime, endpoint_keys
 from .shared import SharedMemory
+from .store import ConfigBuilder, LocalStore
 from .telemetry import AccessLog, Metrics
 from .tickets import KEY_FILE, TicketKeyRing
 from .tls import ContextCache, NameCache, Site
@@ -44,6 +47,9 @@ def log(event: str, **fields: Any) -> None:
     record = {"time": round(time.time(), 3), "event": event, **fields}
     sys.stderr.write(json.dumps(record) + "\n")
     sys.stderr.flush()
+
+
+STORE_PREFIX = "store:"  # the config argument of a worker reading the node's local store
 
 
 def file_signature(path: Path) -> tuple:
@@ -74,7 +80,9 @@ def open_listener(host: str, port: int) -> socket.socket:
 class Worker:
     def __init__(self, config_path: str, bind: str, index: int, partition: str,
                  access_log: str | None, control_path: str | None, data_dir: str | None = None):
-        self.config_path = Path(config_path)
+        self.config_path = Path(config_path.removeprefix(STORE_PREFIX))
+        self.store = LocalStore(self.config_path) if config_path.startswith(STORE_PREFIX) else None
+        self.builder = ConfigBuilder()
         self.data_dir = Path(data_dir) if data_dir else None
         self.bind = bind
         self.index = index
@@ -173,12 +181,21 @@ class Worker:
     # --- configuration -----------------------------------------------------------------
 
     def file_signature(self) -> tuple:
+        if self.store is not None:
+            return (self.store.version,)
         return file_signature(self.config_path)
 
     def load_runtime(self, path: Path | None = None) -> Runtime:
-        config = load(path or self.config_path)
+        version, partition = None, self.partition
+        if self.store is not None and path is None:
+            number, partition, rows = self.store.read()
+            config = self.builder.build(rows, str(self.config_path))
+            version = str(number)
+        else:
+            config = load(path or self.config_path)
         try:
-            return compile_runtime(config, self.registry, self.partition, self.data_dir, self.names, self.access)
+            return compile_runtime(config, self.registry, partition, self.data_dir, self.names, self.access,
+                                   version, self.runtime)
         except Exception as error:
             # Valid by the model but not compilable here (an unreadable GeoIP or certificate
             # file, ...): whatever the cause, the change is refused and nothing else is hurt.
@@ -189,6 +206,8 @@ class Worker:
     def last_good_path(self) -> Path | None:
         """Where the last config this worker applied is kept, for a restarted worker whose
         file has since been broken (the master's run directory, shared by the workers)."""
+        if self.store is not None:  # the local store itself only ever holds a whole release
+            return None
         return Path(self.control_path).with_name("last-good.yaml") if self.control_path else None
 
     def keep_last_good(self) -> None:
@@ -332,6 +351,10 @@ class Worker:
                 answer: dict = {"applied": self.registry.apply_health(json.loads(payload))}
             elif command == b"certificates":  # the master issued or renewed certificates
                 answer = {"reloaded": self.reload("certificates changed", force=True)}
+            elif command == b"reload":  # the master stored a new release
+                current = self.store is not None and str(self.store.version) == self.runtime.version
+                answer = {"ok": current or self.reload("release stored"), "version": self.runtime.version,
+                          "last_error": self.last_error}
             else:
                 answer = self.status()
             writer.write(json.dumps(answer).encode() + b"\n")

@@ -1,0 +1,1 @@
+"""The control plane: Admin API, store, releases, auth, node sync."""
