@@ -19,10 +19,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+EDGEPLANE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".venv", "bin", "edgeplane")
 
 
 class BenchError(Exception):
@@ -321,6 +323,12 @@ def comparison_args(description: str) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "3")))
     parser.add_argument("--nginx", default="/usr/sbin/nginx")
     return parser.parse_args()
+
+
+def workspace(args: argparse.Namespace, name: str) -> tuple[str, Procs]:
+    """The scratch directory (`--workdir` or a new one) and the pid book of what is started there."""
+    work = args.workdir or tempfile.mkdtemp(prefix=f"edgeplane-bench-{name}-")
+    return work, Procs(os.path.join(work, "pids"))
 
 
 def alternate_rounds(procs: Procs, proxies: dict, script: str, request_file: str, duration: float,

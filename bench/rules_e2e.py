@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import workload as wl  # noqa: E402
-from procs import Edgeplane, Nginx, Procs, alternate_rounds, comparison_args, free_port  # noqa: E402
+from procs import EDGEPLANE, Edgeplane, Nginx, alternate_rounds, comparison_args, free_port, workspace  # noqa: E402
 
 RULES = 1000
 REGEX_SHARE = 300
@@ -59,9 +58,7 @@ def config(port: int, backend_port: int, rules: list[dict]) -> dict:
 
 def main() -> int:
     args = comparison_args(__doc__)
-    work = args.workdir or tempfile.mkdtemp(prefix="edgeplane-bench-rules-")
-    procs = Procs(os.path.join(work, "pids"))
-    exe = os.path.join(os.path.dirname(HERE), ".venv", "bin", "edgeplane")
+    work, procs = workspace(args, "rules")
     try:
         backend_port = free_port()
         prefix = os.path.join(work, "backend")
@@ -76,7 +73,7 @@ def main() -> int:
             port = free_port()
             path = os.path.join(work, f"{label.replace(' ', '-')}.json")
             wl.write_json(path, config(port, backend_port, rules))
-            nodes[label] = Edgeplane(procs, exe, path, port, None, os.path.join(work, f"{label}.log"), label)
+            nodes[label] = Edgeplane(procs, EDGEPLANE, path, port, None, os.path.join(work, f"{label}.log"), label)
         print(f"rules bench: wrk -t1 -c50 -d{args.duration:g}s x {args.rounds} rounds, {len(targets())} paths, "
               f"{RULES} rules with {REGEX_SHARE} regexes vs 1 rule", flush=True)
         medians = alternate_rounds(procs, nodes, os.path.join(HERE, "wrk", "mix.lua"), requests, args.duration,
