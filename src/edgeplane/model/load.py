@@ -129,7 +129,6 @@ def parse(text: str, source: str = "<config>") -> Config:
     """Validate configuration text (YAML, or JSON, which YAML reads too)."""
     try:
         data = json.loads(text) if source.endswith(".json") else yaml.load(text, Loader=_Loader)
-        node = yaml.compose(text, Loader=_Loader)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
         line = getattr(getattr(error, "problem_mark", None), "line", None)
         line = line + 1 if line is not None else getattr(error, "lineno", None)
@@ -140,8 +139,9 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(source, [Problem("", "expected a mapping of partitions, upstreams, applications, ...", 1)])
     try:
         return Config.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(source, problems_of(error.errors(include_url=False), _line_map(node))) from None
+    except ValidationError as error:  # only now the lines are worth finding (composing costs more than loading)
+        lines = _line_map(yaml.compose(text, Loader=_Loader))
+        raise ConfigError(source, problems_of(error.errors(include_url=False), lines)) from None
 
 
 def load(path: str | Path) -> Config:
