@@ -144,13 +144,16 @@ def parse(text: str, source: str = "<config>") -> Config:
         raise ConfigError(source, problems_of(error.errors(include_url=False), lines)) from None
 
 
-def load(path: str | Path) -> Config:
-    path = Path(path)
+def read(path: str | Path) -> str:
+    """A config file's text, or `ConfigError` saying why it cannot be read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(str(path), [Problem("", f"cannot read: {error}")]) from None
-    return parse(text, str(path))
+
+
+def load(path: str | Path) -> Config:
+    return parse(read(path), str(path))
 
 
 def dump(config: Config, fmt: str = "yaml") -> str:

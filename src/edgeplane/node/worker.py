@@ -23,7 +23,7 @@ from typing import Any
 
 import uvloop
 
-from ..model.load import ConfigError, Problem, dump, load
+from ..model.load import ConfigError, Problem, parse, read
 from .access import AccessState
 from .client import ClientConnection, Rejection
 from .clientlimits import ClientLimits
@@ -185,17 +185,21 @@ class Worker:
             return (self.store.version,)
         return file_signature(self.config_path)
 
-    def load_runtime(self, path: Path | None = None) -> Runtime:
-        version, partition = None, self.partition
+    def load_runtime(self, path: Path | None = None) -> tuple[Runtime, str]:
+        """The runtime of the node's config (the local store's release, else a file), with the
+        file's text ("" from the store): kept as the last good config once adopted, since
+        writing it back costs nothing and dumping a large config does."""
+        version, partition, text = None, self.partition, ""
         if self.store is not None and path is None:
             number, partition, rows = self.store.read()
             config = self.builder.build(rows, str(self.config_path))
             version = str(number)
         else:
-            config = load(path or self.config_path)
+            text = read(path or self.config_path)
+            config = parse(text, str(path or self.config_path))
         try:
-            return compile_runtime(config, self.registry, partition, self.data_dir, self.names, self.access,
-                                   version, self.runtime)
+            return (compile_runtime(config, self.registry, partition, self.data_dir, self.names, self.access,
+                                    version, self.runtime), text)
         except Exception as error:
             # Valid by the model but not compilable here (an unreadable GeoIP or certificate
             # file, ...): whatever the cause, the change is refused and nothing else is hurt.
@@ -205,24 +209,25 @@ class Worker:
     @property
     def last_good_path(self) -> Path | None:
         """Where the last config this worker applied is kept, for a restarted worker whose
-        file has since been broken (the master's run directory, shared by the workers)."""
-        if self.store is not None:  # the local store itself only ever holds a whole release
+        file has since been broken (the master's run directory, shared by the workers), as the
+        text it was read from: its suffix says how to parse it."""
+        if self.store is not None or not self.control_path:  # the local store only ever holds a whole release
             return None
-        return Path(self.control_path).with_name("last-good.yaml") if self.control_path else None
+        return Path(self.control_path).with_name("last-good" + (self.config_path.suffix or ".yaml"))
 
-    def keep_last_good(self) -> None:
+    def keep_last_good(self, text: str) -> None:
         path = self.last_good_path
         if path is None:
             return
         temporary = path.with_name(f"last-good.{self.index}.tmp")
-        temporary.write_text(dump(self.runtime.config))
+        temporary.write_text(text)
         os.replace(temporary, path)
 
     def reload(self, reason: str, force: bool = False) -> bool:
         """`force`: swap even when the config did not change (certificate files did)."""
         self.signature = self.file_signature()
         try:
-            runtime = self.load_runtime()
+            runtime, text = self.load_runtime()
         except ConfigError as error:
             self.reloads["failed"] += 1
             self.last_error = str(error)
@@ -239,7 +244,7 @@ class Worker:
             log("config_rejected", worker=self.index, reason=reason, errors=[self.last_error],
                 serving=self.runtime.version if self.runtime else None)
             return False
-        self.adopt(runtime)
+        self.adopt(runtime, text)
         self.registry.retain(endpoint_keys(runtime))
         self.reloads["ok"] += 1
         self.last_error = ""
@@ -274,11 +279,11 @@ class Worker:
             if server is not None:
                 server.close()
 
-    def adopt(self, runtime: Runtime) -> None:
+    def adopt(self, runtime: Runtime, text: str) -> None:
         self.runtime = runtime
         tls = runtime.config.settings.tls
         self.contexts.configure(self.ticket_callback if tls.session_tickets.enabled else None, tls.context_cache)
-        self.keep_last_good()
+        self.keep_last_good(text)
 
     def tls_failure(self, site: Site, error: Exception) -> None:
         """A certificate that cannot be loaded fails its handshakes; say so once per version of it."""
@@ -419,7 +424,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         self.load_health()
         try:
-            runtime = self.load_runtime()
+            runtime, text = self.load_runtime()
         except ConfigError as error:
             last_good = self.last_good_path
             if last_good is None or not last_good.exists():
@@ -427,7 +432,7 @@ class Worker:
                 return 2
             log("config_invalid", worker=self.index, errors=str(error).splitlines(),
                 action="starting from the last good config")
-            runtime = self.load_runtime(last_good)
+            runtime, text = self.load_runtime(last_good)
         self.signature = self.file_signature()
         try:
             self.reconcile_listeners(runtime)
@@ -435,7 +440,7 @@ class Worker:
             log("listen_failed", worker=self.index, error=str(error))
             return 3
         self.tickets.reload_if_changed()
-        self.adopt(runtime)
+        self.adopt(runtime, text)
         loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
         loop.add_signal_handler(signal.SIGTERM, self.stop)
         loop.add_signal_handler(signal.SIGINT, self.stop)
