@@ -234,7 +234,7 @@ def node_env() -> dict[str, str]:
 
 class Edgeplane:
     def __init__(self, procs: Procs, exe: str, config_path: str, port: int, access_log: str | None,
-                 log_path: str, label: str = "edgeplane"):
+                 log_path: str, label: str = "edgeplane", ready_within: float = 60.0):
         self.label = label
         self.port = port
         self.status_port = free_port()
@@ -245,7 +245,7 @@ class Edgeplane:
              "--status", f"127.0.0.1:{self.status_port}", "--access-log", access_log or "off"],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log, env=node_env())
         procs.on_stop(self.stop)
-        self.worker_pid = wait_until(lambda: self.status()["workers"][0]["pid"], 60,
+        self.worker_pid = wait_until(lambda: self.status()["workers"][0]["pid"], ready_within,
                                      f"{label} status on port {self.status_port}", self.proc)
         procs.record(self.worker_pid)
         wait_until(lambda: port_open(port), 15, f"{label} on port {port}", self.proc)

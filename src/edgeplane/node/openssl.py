@@ -33,8 +33,9 @@ for _name in ("EVP_EncryptInit_ex", "EVP_DecryptInit_ex"):
 _lib.EVP_MAC_CTX_set_params.restype = ctypes.c_int
 _lib.EVP_MAC_CTX_set_params.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 
-TICKET_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_ubyte),
-                                   ctypes.POINTER(ctypes.c_ubyte), ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+# (SSL *, key name, iv, EVP_CIPHER_CTX *, EVP_MAC_CTX *, encrypt): plain addresses, the cheapest to pass
+TICKET_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                   ctypes.c_void_p, ctypes.c_int)
 _lib.SSL_CTX_set_tlsext_ticket_key_evp_cb.restype = ctypes.c_int
 _lib.SSL_CTX_set_tlsext_ticket_key_evp_cb.argtypes = [ctypes.c_void_p, TICKET_CALLBACK]
 
@@ -80,29 +81,52 @@ KeyLookup = Callable[[bytes | None], "tuple[bytes, bytes, bytes, bool] | None"]
 A key is (name, hmac key, aes key, is the current one)."""
 
 
-def ticket_callback(lookup: KeyLookup) -> ctypes._CFuncPtr:
-    """An OpenSSL ticket-key callback over `lookup`; keep a reference while contexts use it."""
+class _PreparedKey:
+    """One ticket key as the callback hands it to OpenSSL: its HMAC parameters built once."""
 
-    def callback(_ssl: int, name, iv, cipher: int, mac: int, encrypt: int) -> int:
+    __slots__ = ("name", "aes", "hmac", "params")
+
+    def __init__(self, name: bytes, hmac: bytes, aes: bytes):
+        self.name, self.aes = name, aes
+        self.hmac = ctypes.create_string_buffer(hmac, len(hmac))  # kept alive: params points into it
+        self.params = (_Param * 3)(
+            _Param(b"digest", _UTF8_STRING, ctypes.cast(_SHA256, ctypes.c_void_p), 6, _UNMODIFIED),
+            _Param(b"key", _OCTET_STRING, ctypes.cast(self.hmac, ctypes.c_void_p), len(hmac), _UNMODIFIED),
+            _Param(None, 0, None, 0, 0))
+
+
+def ticket_callback(lookup: KeyLookup) -> ctypes._CFuncPtr:
+    """An OpenSSL ticket-key callback over `lookup`; keep a reference while contexts use it.
+    Each key's OpenSSL parameters are prepared at its first use, not at every handshake."""
+    prepared: dict[tuple[bytes, bytes, bytes], _PreparedKey] = {}
+    encrypt_init, decrypt_init, set_params = _lib.EVP_EncryptInit_ex, _lib.EVP_DecryptInit_ex, _lib.EVP_MAC_CTX_set_params
+    memmove, urandom = ctypes.memmove, os.urandom
+
+    def prepare(key: tuple[bytes, bytes, bytes, bool]) -> _PreparedKey:
+        found = prepared.get(key[:3])
+        if found is None:
+            if len(prepared) >= 16:  # keys rotate: forget the old ones now and then
+                prepared.clear()
+            found = prepared[key[:3]] = _PreparedKey(*key[:3])
+        return found
+
+    def callback(_ssl: int, name: int, iv: int, cipher: int, mac: int, encrypt: int) -> int:
         try:
             if encrypt:
                 key = lookup(None)
                 if key is None:
                     return 0  # no key: no ticket
-                ctypes.memmove(name, key[0], NAME_SIZE)
-                ctypes.memmove(iv, os.urandom(IV_SIZE), IV_SIZE)
-                initialised = _lib.EVP_EncryptInit_ex(cipher, _AES_256_CBC, None, key[2], ctypes.cast(iv, ctypes.c_void_p))
+                ready = prepare(key)
+                memmove(name, ready.name, NAME_SIZE)
+                memmove(iv, urandom(IV_SIZE), IV_SIZE)
+                initialised = encrypt_init(cipher, _AES_256_CBC, None, ready.aes, iv)
             else:
                 key = lookup(ctypes.string_at(name, NAME_SIZE))
                 if key is None:
                     return 0  # unknown or expired: a full handshake, and a fresh ticket
-                initialised = _lib.EVP_DecryptInit_ex(cipher, _AES_256_CBC, None, key[2], ctypes.cast(iv, ctypes.c_void_p))
-            hmac_key = ctypes.create_string_buffer(key[1], len(key[1]))
-            params = (_Param * 3)(
-                _Param(b"digest", _UTF8_STRING, ctypes.cast(_SHA256, ctypes.c_void_p), 6, _UNMODIFIED),
-                _Param(b"key", _OCTET_STRING, ctypes.cast(hmac_key, ctypes.c_void_p), len(key[1]), _UNMODIFIED),
-                _Param(None, 0, None, 0, 0))
-            if not initialised or not _lib.EVP_MAC_CTX_set_params(mac, params):
+                ready = prepare(key)
+                initialised = decrypt_init(cipher, _AES_256_CBC, None, ready.aes, iv)
+            if not initialised or not set_params(mac, ready.params):
                 return -1
             return 1 if encrypt or key[3] else 2  # 2: accepted, but issue a ticket under the current key
         except Exception:  # an exception must never cross into OpenSSL
