@@ -4,6 +4,7 @@ real clients (Python's ssl, openssl s_client) through a node, as a rule variable
 from __future__ import annotations
 
 import hashlib
+import random
 import shutil
 import socket
 import ssl
@@ -13,7 +14,7 @@ import time
 import pytest
 import trustme
 
-from edgeplane.node.clienthello import ClientHello, NotTls, ja4, read_hello
+from edgeplane.node.clienthello import ClientHello, NotTls, ja4, parse_hello, read_hello
 
 from conftest import free_port, wait_port
 
@@ -111,6 +112,22 @@ def test_an_incomplete_hello_says_how_many_bytes_it_needs():
 def test_anything_else_is_not_tls():
     with pytest.raises(NotTls):
         read_hello(b"GET / HTTP/1.1\r\n\r\n")
+
+
+def test_a_cut_or_damaged_hello_is_read_or_refused_as_not_tls_and_nothing_else():
+    body = hello_record()[9:]  # after the record and handshake headers
+    damaged = [body[:cut] for cut in range(len(body))]
+    rng = random.Random(6)
+    for _ in range(3000):
+        copy = bytearray(body)
+        for _ in range(rng.randint(1, 3)):
+            copy[rng.randrange(len(copy))] = rng.randrange(256)
+        damaged.append(bytes(copy))
+    for data in damaged:
+        try:
+            assert isinstance(parse_hello(data), ClientHello)
+        except NotTls:
+            pass
 
 
 # --- through a node ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ signature algorithms in the order sent, SHA-256 truncated to 12 hex digits.
 from __future__ import annotations
 
 import hashlib
+import struct
 from dataclasses import dataclass
 
 HANDSHAKE = 22
@@ -70,81 +71,72 @@ def read_hello(data: bytes) -> ClientHello | int:
 
 
 def parse_hello(body: bytes) -> ClientHello:
-    """A ClientHello message body (after its 4-byte handshake header)."""
+    """A ClientHello message body (after its 4-byte handshake header). Offsets by hand: this
+    runs for every TLS connection, before the handshake."""
     try:
-        reader = _Reader(body)
-        version = reader.number(2)
-        reader.skip(32)
-        reader.skip(reader.number(1))
-        suites = reader.block(2)
-        ciphers = tuple(int.from_bytes(suites[i:i + 2], "big") for i in range(0, len(suites) - 1, 2))
-        reader.skip(reader.number(1))
+        version = _U16(body, 0)[0]
+        at = _within(body, 35 + body[34], len(body))  # random, session id
+        size = _U16(body, at)[0]
+        ciphers = struct.unpack_from(f">{size // 2}H", body, at + 2)
+        at = _within(body, at + 2 + size, len(body))
+        at = _within(body, at + 1 + body[at], len(body))  # compression methods
         extensions: list[int] = []
         name, has_name, alpn, versions, algorithms = "", False, (), (), ()
-        if reader.left():
-            block = _Reader(reader.block(2))
-            while block.left():
-                kind = block.number(2)
-                data = block.block(2)
+        if at < len(body):
+            stop = _within(body, at + 2 + _U16(body, at)[0], len(body))
+            at += 2
+            while at < stop:
+                kind, size = _U16x2(body, at)
+                data = body[at + 4:_within(body, at + 4 + size, stop)]
+                at += 4 + size
                 extensions.append(kind)
                 if kind == SERVER_NAME:
                     has_name, name = True, _server_name(data)
                 elif kind == ALPN:
                     alpn = _alpn(data)
                 elif kind == SUPPORTED_VERSIONS:
-                    versions = _numbers(_Reader(data).block(1))
+                    versions = _numbers(data[1:_within(data, 1 + data[0], len(data))])
                 elif kind == SIGNATURE_ALGORITHMS:
-                    algorithms = _numbers(_Reader(data).block(2))
-    except IndexError:
+                    algorithms = _numbers(data[2:_within(data, 2 + _U16(data, 0)[0], len(data))])
+    except (IndexError, struct.error):
         raise NotTls("truncated ClientHello") from None
     return ClientHello(version, ciphers, tuple(extensions), name, has_name, alpn, versions, algorithms)
 
 
-class _Reader:
-    __slots__ = ("data", "at")
+_U16 = struct.Struct(">H").unpack_from
+_U16x2 = struct.Struct(">HH").unpack_from
 
-    def __init__(self, data: bytes):
-        self.data, self.at = data, 0
 
-    def left(self) -> int:
-        return len(self.data) - self.at
-
-    def number(self, size: int) -> int:
-        if self.at + size > len(self.data):
-            raise IndexError
-        value = int.from_bytes(self.data[self.at:self.at + size], "big")
-        self.at += size
-        return value
-
-    def skip(self, size: int) -> None:
-        if self.at + size > len(self.data):
-            raise IndexError
-        self.at += size
-
-    def block(self, length_size: int) -> bytes:
-        size = self.number(length_size)
-        self.skip(size)
-        return self.data[self.at - size:self.at]
+def _within(data: bytes, end: int, limit: int) -> int:
+    """`end`, if the field ending there fits in the first `limit` bytes (else IndexError)."""
+    if end > limit:
+        raise IndexError
+    return end
 
 
 def _numbers(data: bytes) -> tuple[int, ...]:
-    return tuple(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data) - 1, 2))
+    return struct.unpack(f">{len(data) // 2}H", data[:len(data) // 2 * 2])
 
 
 def _server_name(data: bytes) -> str:
-    names = _Reader(_Reader(data).block(2))
-    while names.left():
-        kind, name = names.number(1), names.block(2)
+    stop = _within(data, 2 + _U16(data, 0)[0], len(data))
+    at = 2
+    while at < stop:
+        kind, size = data[at], _U16(data, at + 1)[0]
+        end = _within(data, at + 3 + size, stop)
         if kind == 0:
-            return name.decode("ascii", "replace").lower().rstrip(".")
+            return data[at + 3:end].decode("ascii", "replace").lower().rstrip(".")
+        at = end
     return ""
 
 
 def _alpn(data: bytes) -> tuple[bytes, ...]:
-    protocols = _Reader(_Reader(data).block(2))
-    found = []
-    while protocols.left():
-        found.append(protocols.block(1))
+    stop = _within(data, 2 + _U16(data, 0)[0], len(data))
+    at, found = 2, []
+    while at < stop:
+        end = _within(data, at + 1 + data[at], stop)
+        found.append(data[at + 1:end])
+        at = end
     return tuple(found)
 
 
