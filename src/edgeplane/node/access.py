@@ -38,6 +38,8 @@ class AccessState:
         settings = self.config.settings.redis
         cluster = self.redis.get(settings.url)
         if cluster is None or cluster.settings != settings:
+            if cluster is not None:
+                cluster.close()
             cluster = self.redis[settings.url] = ClusterLimits(settings, self.node)
         return cluster
 

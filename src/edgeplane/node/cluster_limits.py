@@ -11,6 +11,7 @@ awaited inside a suspended rule step.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from time import monotonic
 from typing import Any
@@ -134,6 +135,10 @@ class ClusterLimits:
         """Skip Redis for a while; the pool reconnects on the next try after that."""
         self.failures += 1
         self.down_until = monotonic() + self.settings.retry
+
+    def close(self) -> None:
+        """Replaced by a client with other settings: its connections go once it is done."""
+        asyncio.ensure_future(self.client.aclose())
 
     @property
     def up(self) -> bool:
