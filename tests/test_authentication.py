@@ -257,11 +257,12 @@ def test_an_api_key_in_the_query_is_stripped_from_it(key_node):
 
 
 def test_a_wrong_or_missing_api_key_is_refused(key_node):
-    port, _ = key_node
+    port, started = key_node
     status, headers, _ = get(port, "/h", {"X-Api-Key": KEY + "x"})
     assert (status, headers["www-authenticate"]) == (401, 'ApiKey realm="keys", error="invalid_key"')
     status, headers, _ = get(port, "/h")
     assert (status, headers["www-authenticate"]) == (401, 'ApiKey realm="keys"')
+    assert 'edgeplane_auth_refused_total{provider="keys"} 2' in started.metrics()
 
 
 # --- Basic --------------------------------------------------------------------------------
@@ -275,7 +276,8 @@ def test_basic_auth_checks_the_password_hash_and_remembers_it(echo, node):
     port = free_port()
     consumers = [{"name": "ops", "tier": "staff",
                   "basic": {"username": "olga", "password": hash_password("s3cret pass", (1 << 12, 8, 1))}}]
-    node(auth_config(echo(), port, [{"name": "staff", "basic": {"realm": "Staff area"}}], protected("staff"), consumers))
+    started = node(auth_config(echo(), port, [{"name": "staff", "basic": {"realm": "Staff area"}}], protected("staff"),
+                               consumers))
     status, _, body = get(port, headers=basic("olga", "s3cret pass"))
     assert status == 200
     assert "Authorization" not in json.loads(body)["headers"]
@@ -284,6 +286,7 @@ def test_basic_auth_checks_the_password_hash_and_remembers_it(echo, node):
     for headers in (basic("olga", "wrong"), basic("nobody", "s3cret pass"), {"Authorization": "Basic !!"}, {}):
         status, answer, _ = get(port, headers=headers)
         assert (status, answer["www-authenticate"]) == (401, challenge)
+    assert 'edgeplane_auth_refused_total{provider="staff"} 4' in started.metrics()  # after a wait too
 
 
 # --- external authorization ---------------------------------------------------------------

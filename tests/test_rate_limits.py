@@ -74,8 +74,9 @@ def admitted(sent: list[tuple[float, int]]) -> int:
 
 def test_over_the_limit_answers_429_with_retry_after_and_ratelimit_headers(echo, node):
     port = free_port()
-    node(limited(echo(), port, {"name": "api", "limit": 2, "window": "10s"}))
+    started = node(limited(echo(), port, {"name": "api", "limit": 2, "window": "10s"}))
     answers = [get(port) for _ in range(3)]
+    assert 'edgeplane_rate_limited_total{policy="api",outcome="refused"} 1' in started.metrics()
     assert [status for status, _, _ in answers] == [200, 200, 429]
     status, headers, body = answers[2]
     assert b"rate limit" in body

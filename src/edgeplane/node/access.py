@@ -12,18 +12,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..lang.compile import CompileContext, Step
+from ..lang.compile import CompileContext, LocalResponse, Step, Suspend
 from ..model.config import Authenticate, Config, RateLimitAction
 from .cluster_limits import ClusterLimits
 from .ratelimit import compile_limit
 from .shared import LocalMemory, SharedMemory
+from .telemetry import Metrics
 
 
 class AccessState:
     """A worker's access state. Without a node-wide `shared` file (a worker run alone), node
     scope counts in the worker."""
 
-    def __init__(self, shared: SharedMemory | None = None):
+    def __init__(self, shared: SharedMemory | None = None, metrics: Metrics | None = None):
+        self.metrics = metrics or Metrics()  # refusals are counted; admissions are not
         self.local = LocalMemory()
         self.node: LocalMemory | SharedMemory = shared if shared is not None else self.local
         self.redis: dict[str, ClusterLimits] = {}
@@ -40,7 +42,7 @@ class AccessState:
         if cluster is None or cluster.settings != settings:
             if cluster is not None:
                 cluster.close()
-            cluster = self.redis[settings.url] = ClusterLimits(settings, self.node)
+            cluster = self.redis[settings.url] = ClusterLimits(settings, self.node, self.metrics)
         return cluster
 
     def cache(self, key: tuple, make: Callable[[], Any]) -> Any:
@@ -74,11 +76,28 @@ def node_actions(config: Config, context: CompileContext, state: AccessState,
     def authenticate(action: Authenticate) -> Step:
         name = action.provider
         check = once("auth", name, lambda: compile_provider(providers[name], config, context, state, upstreams))
+        counted = refusals_counted(name, state.metrics)
         # A request a provider already accepted (an earlier rule) is not asked again: the
         # credential may have been stripped meanwhile.
-        return lambda request, ops: None if name in request.providers else check(request, ops)
+        return lambda request, ops: None if name in request.providers else counted(check(request, ops))
 
     def rate_limit(action: RateLimitAction) -> Step:
         count = once("limit", action.policy, lambda: compile_limit(limits[action.policy], context, state))
         return lambda request, ops: count(request, ops)  # each rule its own step object
     return {Authenticate: authenticate, RateLimitAction: rate_limit}
+
+
+def refusals_counted(provider: str, metrics: Metrics) -> Callable[[Any], Any]:
+    """Passes a provider's outcome on, counting a 401/403 — also one that comes after a wait."""
+    def counted(outcome: Any) -> Any:
+        if outcome is None:
+            return None
+        if outcome.__class__ is Suspend:
+            outcome.waiting = relay(outcome.waiting)
+        elif outcome.__class__ is LocalResponse and outcome.status in (401, 403):
+            metrics.count("auth_refused", provider)
+        return outcome
+
+    async def relay(waiting: Any) -> Any:
+        return counted(await waiting)
+    return counted

@@ -81,8 +81,9 @@ UNAVAILABLE = LocalResponse(503, [(b"Retry-After", b"1"), (b"Content-Type", b"te
 class ClusterLimits:
     """One Redis (by URL) for a worker: its client, its scripts, and whether it is down."""
 
-    def __init__(self, settings: Redis, fallback: Any):
+    def __init__(self, settings: Redis, fallback: Any, metrics: Any):
         self.settings = settings
+        self.metrics = metrics
         self.fallback = fallback  # the node's counters, for on_unreachable: local
         self.client = aioredis.Redis.from_url(
             settings.url, socket_timeout=settings.timeout, socket_connect_timeout=settings.timeout,
@@ -102,6 +103,7 @@ class ClusterLimits:
             return [quota.rate, quota.burst, quota.max_debt] if bucket else [quota.limit, window]
 
         def unreachable(key: bytes, quota: Any, ops: list) -> Any:
+            self.metrics.count("rate_limited", limit.name, f"redis-unreachable-{policy}")
             if policy == "allow":
                 return None
             if policy == "deny":

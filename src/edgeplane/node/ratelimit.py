@@ -60,8 +60,8 @@ def compile_limit(limit: RateLimit, context: CompileContext, state: AccessState)
     prefix = f"rl:{limit.name}:".encode()
     if limit.algorithm == "concurrency":
         store = state.memory(limit.scope)
-        return _concurrency_step(limit, prefix, key_of, quota_of, store)
-    answer = _answer(limit)
+        return _concurrency_step(limit, prefix, key_of, quota_of, store, state.metrics)
+    answer = _answer(limit, state.metrics)
     if limit.scope == "cluster":
         return state.cluster().step(limit, prefix, key_of, quota_of, answer)
     count = _counter(limit, state.memory(limit.scope))
@@ -83,9 +83,10 @@ def _counter(limit: RateLimit, store: Any) -> Callable[[bytes, Quota], tuple]:
     return lambda key, quota: store.token_bucket(key, quota.rate, quota.burst, monotonic(), quota.max_debt)
 
 
-def _answer(limit: RateLimit) -> Callable[[bool, int, float, Quota, list], Any]:
+def _answer(limit: RateLimit, metrics: Any) -> Callable[[bool, int, float, Quota, list], Any]:
     """Turns a decision into the step's outcome: None (go on), a Suspend (shaping) or a 429."""
     name, headers, window = limit.name.encode(), limit.headers, limit.window
+    policy = limit.name
     bucket = limit.algorithm == "token-bucket"
 
     def answer(admitted: bool, remaining: int, wait: float, quota: Quota, ops: list) -> Any:
@@ -97,8 +98,10 @@ def _answer(limit: RateLimit) -> Callable[[bool, int, float, Quota, list], Any]:
             ops.append(("add", b"ratelimit-policy", b"RateLimit-Policy", quota.policy))
             ops.append(("add", b"ratelimit", b"RateLimit", b'"%s";r=%d;t=%d' % (name, remaining, math.ceil(reset))))
         if not admitted:
+            metrics.count("rate_limited", policy, "refused")
             return LocalResponse(429, [(b"Retry-After", b"%d" % max(1, math.ceil(wait))), TEXT], TOO_MANY)
         if wait > 0.0:
+            metrics.count("rate_limited", policy, "delayed")
             return Suspend(delay(wait))
         return None
     return answer
@@ -117,7 +120,8 @@ def _finish(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
-def _concurrency_step(limit: RateLimit, prefix: bytes, key_of: Callable, quota_of: Callable, store: Any) -> Step:
+def _concurrency_step(limit: RateLimit, prefix: bytes, key_of: Callable, quota_of: Callable, store: Any,
+                      metrics: Any) -> Step:
     refused = LocalResponse(429, [(b"Retry-After", b"1"), TEXT],
                             b"429 Too Many Requests: too many requests of this kind are in progress\n")
 
@@ -127,6 +131,7 @@ def _concurrency_step(limit: RateLimit, prefix: bytes, key_of: Callable, quota_o
             return None
         key = prefix + key_of(request).encode("utf-8", "surrogateescape")
         if not store.acquire(key, quota.limit):
+            metrics.count("rate_limited", limit.name, "refused")
             return refused
         request.on_end(lambda: store.release(key))
         return None

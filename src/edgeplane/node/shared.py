@@ -31,10 +31,13 @@ HEADER = struct.Struct("<8sII")
 MAGIC = b"EPSHM\x00\x01\x00"
 LOCAL_KEYS = 100_000     # keys a worker-scope store remembers
 
-_SLOTS = struct.Struct("<" + "Qd32x" * WAYS)  # the (key, last use) of a bucket's slots
+_KEYS = struct.Struct("<" + "Q40x" * (WAYS - 1) + "Q")  # the keys of a bucket's slots
+_USES = struct.Struct("<8x" + "d32x8x" * (WAYS - 1) + "d")  # their last uses
 _ENTRY = struct.Struct("<Qd")
 _RATE = struct.Struct("<4d")
+_RATE_RECORD = struct.Struct("<Qd4d")
 _GAUGE = struct.Struct(f"<{COLUMNS}H")
+EMPTY = (0.0, 0.0, 0.0, 0.0)
 
 Decision = tuple[bool, int, float]
 """(admitted, what remains of the quota, seconds: the delay before an admitted request goes
@@ -169,11 +172,9 @@ class SharedMemory:
         start = HEADER.size + hashed % self.rate_buckets * BUCKET
         fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
         try:
-            slot, found = self.find(start, hashed, args[0], None)
-            state = _RATE.unpack_from(self.map, slot + 16) if found else (0.0, 0.0, 0.0, 0.0)
-            state, decision = step(state, *args)
-            _ENTRY.pack_into(self.map, slot, hashed, args[0])
-            _RATE.pack_into(self.map, slot + 16, *state)
+            slot, found = self.find(start, hashed, None)
+            state, decision = step(_RATE.unpack_from(self.map, slot + 16) if found else EMPTY, *args)
+            _RATE_RECORD.pack_into(self.map, slot, hashed, args[0], *state)
             return decision
         finally:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, BUCKET, start)
@@ -184,22 +185,19 @@ class SharedMemory:
     def sliding_window(self, key: bytes, limit: float, window: float, now: float) -> Decision:
         return self.update(key, window_step, now, limit, window)
 
-    def find(self, start: int, hashed: int, now: float, busy: Callable[[int], bool] | None) -> tuple[int, bool]:
+    def find(self, start: int, hashed: int, busy: Callable[[int], bool] | None) -> tuple[int, bool]:
         """The slot of `hashed` in the bucket at `start` (found), else the slot to take for it:
-        a free one, else the least recently used one that is not `busy`."""
-        slots = _SLOTS.unpack_from(self.map, start)
-        victim, oldest = -1, math.inf
-        for way in range(WAYS):
-            key, used = slots[2 * way], slots[2 * way + 1]
-            if key == hashed:
-                return start + way * RECORD, True
-            if key == 0:
-                used = -math.inf
-            elif busy is not None and busy(start + way * RECORD):
-                continue
-            if used < oldest:
-                victim, oldest = way, used
-        return (start + victim * RECORD if victim >= 0 else -1), False
+        a free one, else the least recently used one that is not `busy` (-1: none)."""
+        keys = _KEYS.unpack_from(self.map, start)
+        if hashed in keys:
+            return start + keys.index(hashed) * RECORD, True
+        if 0 in keys:
+            return start + keys.index(0) * RECORD, False
+        uses = _USES.unpack_from(self.map, start)
+        candidates = [way for way in range(WAYS) if busy is None or not busy(start + way * RECORD)]
+        if not candidates:
+            return -1, False
+        return start + min(candidates, key=uses.__getitem__) * RECORD, False
 
     # --- gauges (things in flight) -----------------------------------------------------
 
@@ -210,7 +208,7 @@ class SharedMemory:
         start = self.gauges_at + hashed % self.gauge_buckets * BUCKET
         fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
         try:
-            slot, found = self.find(start, hashed, 0.0, self.busy)
+            slot, found = self.find(start, hashed, self.busy)
             if slot < 0:
                 return True
             counts = list(_GAUGE.unpack_from(self.map, slot + 16)) if found else [0] * COLUMNS
@@ -228,7 +226,7 @@ class SharedMemory:
         start = self.gauges_at + hashed % self.gauge_buckets * BUCKET
         fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
         try:
-            slot, found = self.find(start, hashed, 0.0, self.busy)
+            slot, found = self.find(start, hashed, self.busy)
             if found:
                 counts = list(_GAUGE.unpack_from(self.map, slot + 16))
                 if counts[self.column]:

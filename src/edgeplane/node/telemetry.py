@@ -45,6 +45,10 @@ COUNTERS = {
                 ("upstream", "condition")),
     "retries_denied": ("edgeplane_retries_denied_total",
                        "Retries not sent because max_retries or the retry_budget was reached.", ("upstream", "limit")),
+    "rate_limited": ("edgeplane_rate_limited_total",
+                     "Requests a rate limit refused or delayed (shaping), or decided without Redis, by policy.",
+                     ("policy", "outcome")),
+    "auth_refused": ("edgeplane_auth_refused_total", "Requests an auth provider answered 401 or 403.", ("provider",)),
 }
 
 

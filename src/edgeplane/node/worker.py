@@ -133,7 +133,7 @@ class Worker:
         self.failed_sites: set[Site] = set()
         self.client_limits = ClientLimits()
         self.shared = self.open_shared()
-        self.access = AccessState(self.shared)
+        self.access = AccessState(self.shared, self.metrics)
 
     def open_shared(self) -> SharedMemory | None:
         """The node's shared counters, made by the master in its run directory; this worker's
