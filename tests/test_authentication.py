@@ -354,3 +354,21 @@ def test_external_authorization_decides_adds_headers_and_caches(echo, node):
         assert status == 503  # on_error: deny
     finally:
         authz.stop()
+
+
+def test_the_access_example_runs_as_its_comments_say(echo, node):
+    import yaml
+
+    from conftest import ROOT
+    config = yaml.safe_load((ROOT / "examples" / "access.yaml").read_text())
+    port = free_port()
+    config["upstreams"][0]["servers"] = [echo().server()]
+    config["applications"][0]["ports"] = [port]
+    node(config)
+    assert get(port, "/partner/orders", {"X-Api-Key": "demo-key-acme-please-replace-0123456789"})[0] == 200
+    assert get(port, "/admin", basic("ops", "demo password"))[0] == 200
+    token = jwt.encode({"sub": "ann", "plan": "paid", "exp": int(time.time()) + 600},
+                       "demo-secret-please-replace-with-32-bytes-or-more", algorithm="HS256")
+    status, _, body = get(port, "/api/items", bearer(token))
+    assert (status, json.loads(body)["headers"]["X-User"]) == (200, ["ann"])
+    assert get(port, "/api/items")[0] == 401

@@ -65,6 +65,9 @@ def test_two_nodes_of_two_workers_admit_100_per_second_within_five_percent(echo,
     sent = results[ports[0]] + results[ports[1]]
     assert all(admitted(r) > 0 and admitted(r) < len(r) for r in results.values())  # both nodes admitted and refused
     expected = ideal_bucket(sent, 100, 10)
+    seconds = max(t for t, _ in sent) - min(t for t, _ in sent)
+    print(f"cluster, 2 nodes x 2 workers: admitted {admitted(sent)} of {len(sent)} in {seconds:.2f} s "
+          f"({admitted(sent) / seconds:.1f}/s), exact bucket {expected} ({admitted(sent) / expected - 1:+.1%})")
     assert abs(admitted(sent) - expected) / expected <= 0.05, (admitted(sent), expected)
 
 

@@ -166,6 +166,8 @@ def test_node_scope_is_shared_by_the_workers_within_ten_percent(echo, node):
     started = node(limited(echo(), port, {"name": "node", "limit": 100, "window": "1s", "burst": 5}), workers=2)
     sent = hammer(port, 4.0, connections=12)
     expected = ideal_bucket(sent, 100, 5)
+    print(f"node scope, 2 workers: admitted {admitted(sent)} of {len(sent)}, exact bucket {expected} "
+          f"({admitted(sent) / expected - 1:+.1%})")
     assert len(sent) > expected  # some were refused: the limit was reached
     assert abs(admitted(sent) - expected) / expected <= 0.10, (admitted(sent), expected)
     assert {r["worker"] for r in started.access_log(wait_for=len(sent), timeout=30)} == {0, 1}
