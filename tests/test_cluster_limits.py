@@ -71,6 +71,19 @@ def test_two_nodes_of_two_workers_admit_100_per_second_within_five_percent(echo,
     assert abs(admitted(sent) - expected) / expected <= 0.05, (admitted(sent), expected)
 
 
+def test_a_sliding_window_in_redis_refuses_past_the_limit_with_its_headers(echo, node, prefix):
+    port = free_port()
+    limit = {"name": "win", "algorithm": "sliding-window", "limit": 3, "window": "1m", "scope": "cluster",
+             "key": ["header:X-User"]}
+    node(cluster_config(echo(), port, REDIS_URL, prefix, [limit]))
+    wait_port(port)
+    answers = [get(port, headers={"X-User": "ann"}) for _ in range(4)]
+    assert [status for status, _, _ in answers] == [200, 200, 200, 429]
+    assert answers[0][1]["ratelimit"].startswith('"win";r=2;')
+    assert 1 <= int(answers[3][1]["retry-after"]) <= 60
+    assert get(port, headers={"X-User": "bob"})[0] == 200  # another key
+
+
 def test_redis_unreachable_follows_each_policy(echo, node, prefix):
     port = free_port()
     nowhere = f"redis://127.0.0.1:{free_port()}/0"

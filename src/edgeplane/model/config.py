@@ -1079,7 +1079,7 @@ class AuthProvider(Model):
 class BasicCredential(Model):
     username: str = Field(pattern=r"^[^:\x00-\x1f]+$")
     password: str = Field(pattern=r"^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$",
-                          description="scrypt$N$r$p$salt$hash, as `edgeplane hash-password` writes it")
+                          description="scrypt$N$r$p$salt$hash, as edgeplane.node.auth.credentials.hash_password writes it")
 
 
 class Consumer(Model):
@@ -1088,7 +1088,7 @@ class Consumer(Model):
     name: Name
     tier: str = ""
     api_keys: list[Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]] = Field(
-        default_factory=list, description="sha256:HEX digests of the keys, as `edgeplane hash-key` writes them")
+        default_factory=list, description="sha256:HEX digests of the keys (edgeplane.node.auth.credentials.hash_api_key)")
     basic: BasicCredential | None = None
 
 
