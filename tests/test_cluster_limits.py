@@ -80,7 +80,8 @@ def test_a_sliding_window_in_redis_refuses_past_the_limit_with_its_headers(echo,
     answers = [get(port, headers={"X-User": "ann"}) for _ in range(4)]
     assert [status for status, _, _ in answers] == [200, 200, 200, 429]
     assert answers[0][1]["ratelimit"].startswith('"win";r=2;')
-    assert 1 <= int(answers[3][1]["retry-after"]) <= 60
+    # At worst the rest of this minute, then until the 3 fade to 2 in the next: 60 + 20 s.
+    assert 1 <= int(answers[3][1]["retry-after"]) <= 80
     assert get(port, headers={"X-User": "bob"})[0] == 200  # another key
 
 
