@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -23,7 +22,7 @@ import jwt  # noqa: E402
 import workload as wl  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
-from procs import Edgeplane, Nginx, Procs, alternate_rounds, comparison_args, free_port  # noqa: E402
+from procs import EDGEPLANE, Edgeplane, Nginx, alternate_rounds, comparison_args, free_port, workspace  # noqa: E402
 
 HOST = wl.SCENARIO_A_HOST
 PATH = wl.SCENARIO_A_PATH
@@ -70,9 +69,7 @@ def nginx_config(prefix: str, port: int, backend_port: int, limited: bool) -> st
 
 def main() -> int:
     args = comparison_args(__doc__)
-    work = args.workdir or tempfile.mkdtemp(prefix="edgeplane-bench-access-")
-    procs = Procs(os.path.join(work, "pids"))
-    exe = os.path.join(os.path.dirname(HERE), ".venv", "bin", "edgeplane")
+    work, procs = workspace(args, "access")
     try:
         backend_port = free_port()
         prefix = os.path.join(work, "backend")
@@ -87,7 +84,7 @@ def main() -> int:
             path = os.path.join(work, f"{label.replace('+', '-')}.json")
             wl.write_json(path, edgeplane_config(port, backend_port, pem, log))
             access_log = os.path.join(work, f"{label.replace('+', '-')}.access.log") if log else None
-            proxies[label] = Edgeplane(procs, exe, path, port, access_log, os.path.join(work, f"{label}.log"), label)
+            proxies[label] = Edgeplane(procs, EDGEPLANE, path, port, access_log, os.path.join(work, f"{label}.log"), label)
         for label, limited in (("nginx plain", False), ("nginx limit+log", True)):
             port = free_port()
             nginx_prefix = os.path.join(work, label.replace(" ", "-").replace("+", "-"))
