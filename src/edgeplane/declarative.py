@@ -3,8 +3,9 @@
 A file or a directory of YAML/JSON files (lists of the same kind concatenated) is
 validated as one `Config`, then compared with the admin's objects by content hash: an
 unchanged object is left alone, so applying the same files twice records nothing. Only
-the kinds the files mention are managed; with `prune`, objects of those kinds that the
-files no longer name are deleted. This module computes; the SDK does the calls.
+the kinds the files mention are managed (never those a controller writes: canary_weights);
+with `prune`, objects of those kinds that the files no longer name are deleted. This
+module computes; the SDK does the calls.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ def plan(config: Config, mentioned: set[str], current: list[dict], prune: bool =
     """Batch items (kind, name, data or None) taking the admin's objects to the config's."""
     have = {(o["kind"], o["name"]): o["hash"] for o in current}
     items, wanted = [], set()
+    mentioned = {k for k in mentioned if k in KINDS and KINDS[k].controlled_by is None}  # e.g. a release's dump
     for kind in (k for k in KINDS if k in mentioned):
         value = getattr(config, kind)
         for instance in ([value] if KINDS[kind].singleton else value):

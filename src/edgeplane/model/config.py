@@ -1173,7 +1173,92 @@ def access_references(config: Any) -> list[str]:
     return errors
 
 
-# --- the whole -----------------------------------------------------------------------
+# --- progressive delivery: automated canaries ------------------------------------------
+
+
+class Canary(Model):
+    """An automated canary: the control plane gives `canary` a growing share of the traffic
+    of one rule (which proxies to `stable`) — `step_weight` more after each `interval` whose
+    figures, measured by the partition's nodes, pass the thresholds — promotes it after
+    `max_weight`, and rolls it back after `max_failed_checks` failed checks. `match` sends
+    matching requests to the canary at any weight; `sticky` or `cookie` keep a user on one
+    version (as in `split`). See docs/canary.md."""
+
+    name: Name
+    partitions: list[Name] = Field(default_factory=lambda: ["default"], min_length=1, max_length=1,
+                                   description="the one partition whose nodes it measures and whose releases it makes")
+    application: Name
+    rule: str = Field(min_length=1, description="the name of the application's rule it drives; "
+                                                "that rule ends in `proxy` to `stable`")
+    stable: Name
+    canary: Name
+    step_weight: int = Field(10, ge=1, le=100, description="percent added after each passed check")
+    max_weight: int = Field(50, ge=1, le=100, description="the last step's weight; the next passed check promotes")
+    interval: Duration = Field(60.0, description="how long each step is measured before a check")
+    min_success_rate: float = Field(0.99, ge=0, le=1, description="answers below 500 / answers, per check")
+    max_p99: Duration | None = Field(None, description="the canary's p99 duration may not exceed this")
+    min_requests: int = Field(100, ge=1, description="canary requests a check needs before a verdict")
+    max_failed_checks: int = Field(2, ge=1, description="failed checks (in all) that roll the canary back")
+    match: list[Condition] = Field(default_factory=list, description="requests matching all of these go to the "
+                                                                     "canary whatever the weight")
+    sticky: HashKey | None = None
+
+    @model_validator(mode="after")
+    def _steps(self) -> Canary:
+        if self.max_weight < self.step_weight:
+            raise ValueError(f"max_weight ({self.max_weight}) is below step_weight ({self.step_weight})")
+        if self.interval < 0.5:
+            raise ValueError("interval: at least 0.5s (nodes need time to apply a step and report on it)")
+        if self.stable == self.canary:
+            raise ValueError("stable and canary are the same upstream")
+        return self
+
+
+class CanaryWeight(Model):
+    """A canary's share of its rule's traffic, in percent, as the canary controller last
+    released it. Only the controller writes these; a node compiles a canary only while its
+    weight is released (rolled back or aborted: no weight, the rule routes as written)."""
+
+    name: Name
+    partitions: list[Name] = Field(default_factory=lambda: ["default"], min_length=1, max_length=1)
+    weight: int = Field(ge=0, le=100)
+
+
+def canary_references(config: Any) -> list[str]:
+    """Cross-object checks of canaries: the partition, application, rule and upstreams they name."""
+    errors = []
+    for kind in ("canaries", "canary_weights"):
+        seen: dict[str, int] = {}
+        for index, item in enumerate(getattr(config, kind)):
+            if item.name in seen:
+                errors.append(f"{kind}[{index}].name: {item.name!r} is already used by {kind}[{seen[item.name]}]")
+            seen.setdefault(item.name, index)
+    upstreams = {u.name for u in config.upstreams}
+    applications = {a.name: a for a in config.applications}
+    for index, canary in enumerate(config.canaries):
+        where = f"canaries[{index}]"
+        for field in ("stable", "canary"):
+            if getattr(canary, field) not in upstreams:
+                errors.append(f"{where}.{field}: no upstream named {getattr(canary, field)!r}; known: {sorted(upstreams)}")
+        app = applications.get(canary.application)
+        if app is None:
+            errors.append(f"{where}.application: no application named {canary.application!r}")
+            continue
+        if canary.partitions[0] not in app.partitions:
+            errors.append(f"{where}.partitions[0]: application {app.name!r} is not bound to partition "
+                          f"{canary.partitions[0]!r}; it is bound to {app.partitions}")
+        rules = [rule for rule in app.rules if rule.name == canary.rule]
+        if len(rules) != 1:
+            named = sorted({r.name for r in app.rules if r.name})
+            errors.append(f"{where}.rule: application {app.name!r} has {len(rules) or 'no'} rule(s) named "
+                          f"{canary.rule!r}; a canary drives exactly one (named rules: {named})")
+            continue
+        last = rules[0].actions[-1]
+        if not isinstance(last, Proxy) or last.upstream != canary.stable:
+            errors.append(f"{where}.rule: rule {canary.rule!r} of application {app.name!r} must end in "
+                          f"`proxy: {{upstream: {canary.stable}}}` (the stable version the canary takes traffic from); "
+                          "to move on to a new version, change the rule and the canary in one apply")
+    return errors
 
 
 class Config(Model):
@@ -1188,6 +1273,8 @@ class Config(Model):
     auth_providers: list[AuthProvider] = Field(default_factory=list)
     consumers: list[Consumer] = Field(default_factory=list)
     rate_limits: list[RateLimit] = Field(default_factory=list)
+    canaries: list[Canary] = Field(default_factory=list)
+    canary_weights: list[CanaryWeight] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _references(self) -> Config:
@@ -1253,6 +1340,7 @@ class Config(Model):
             first = next(i for i, c in enumerate(self.certificates) if c.acme)
             errors.append(f"certificates[{first}].acme: needs settings.acme (the ACME directory to use)")
         errors += access_references(self)
+        errors += canary_references(self)
         if errors:
             raise ValueError("\n".join(errors))
         return self

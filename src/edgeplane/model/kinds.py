@@ -21,6 +21,8 @@ from .config import Config
 
 SINGLETON_NAME = ""  # the store key of a singleton kind's one object
 REGISTRY_KINDS = {"nodes"}  # nodes join and are approved (admin/nodes.py); they are not drafted and released
+# Kinds released like any other but written only by a controller of the admin, never by users.
+CONTROLLED_KINDS = {"canary_weights": "the canary controller (edgeplane canary pause|resume|promote|abort NAME)"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Kind:
     model: type[BaseModel]
     singleton: bool
     secret_paths: tuple[tuple[str, ...], ...]  # fields marked secret, as paths ("*" = each list item)
+    controlled_by: str | None = None  # who alone writes objects of this kind (CONTROLLED_KINDS)
 
     @property
     def partitioned(self) -> bool:
@@ -78,7 +81,7 @@ def _discover() -> dict[str, Kind]:
         model, many = _model_of(hints[name])
         if model is None or (many and "name" not in model.model_fields):
             continue
-        kinds[name] = Kind(name, model, not many, tuple(_secret_paths(model)))
+        kinds[name] = Kind(name, model, not many, tuple(_secret_paths(model)), CONTROLLED_KINDS.get(name))
     return kinds
 
 

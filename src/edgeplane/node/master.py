@@ -24,6 +24,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from ..model.canary import CANARY_KINDS
 from ..model.config import Config
 from ..model.load import ConfigError, load
 from .acme import AcmeManager
@@ -34,7 +35,7 @@ from .telemetry import AccessLog, Metrics, merge, render_prometheus
 from .tickets import KEY_FILE, TicketKeyFile
 from .worker import HEALTH_FILE, STORE_PREFIX, TRANSITIONS_KEPT, file_signature, log
 
-NODE_WIDE = frozenset({"applications"})  # kinds the master's node-wide work does without
+NODE_WIDE = frozenset({"applications", *CANARY_KINDS})  # kinds the master's node-wide work does without
 HOUSEKEEPING = 1.0  # seconds between two looks at the config file and the ticket keys
 ACME_RETRY = 30.0   # seconds before a failed ACME order is tried again (check_interval if shorter)
 

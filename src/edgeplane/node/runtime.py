@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..lang.compile import CompileContext, compile_rules
+from ..model.canary import CANARY_KINDS, with_canaries
 from ..model.config import AccessLog, Application, Config, Limits, UpstreamTimeouts
 from .access import AccessState, node_actions
 from .acme import challenge_directory
@@ -84,6 +85,7 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
                     previous: Runtime | None = None) -> Runtime:
     """`version` names the runtime (a hash of the config when not given); `previous` lends
     what it compiled when only applications changed."""
+    config = with_canaries(config)
     names = names or NameCache()
     access = access or AccessState()
     if previous is not None and previous.context is not None and only_applications_changed(previous.config, config):
@@ -165,8 +167,10 @@ def compile_applications(config: Config, partition: str, upstreams: dict[str, Up
 
 
 def only_applications_changed(old: Config, new: Config) -> bool:
-    """Everything but the applications is the same (the same objects, or equal ones)."""
-    return all(getattr(old, field) == getattr(new, field) for field in Config.model_fields if field != "applications")
+    """Everything but the applications (and the canaries, compiled into them) is the same
+    (the same objects, or equal ones)."""
+    return all(getattr(old, field) == getattr(new, field) for field in Config.model_fields
+               if field != "applications" and field not in CANARY_KINDS)
 
 
 def endpoint_keys(runtime: Runtime) -> set:
