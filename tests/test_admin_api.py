@@ -29,7 +29,8 @@ def test_every_kind_of_the_model_has_endpoints_in_the_openapi_document(admin):
     for kind in KINDS.values():
         assert f"/api/v1/{kind.name}" in paths
         if not kind.singleton:
-            assert set(paths[f"/api/v1/{kind.name}/{{name}}"]) == {"get", "put", "patch", "delete"}
+            written = {"put", "patch", "delete"} if kind.controlled_by is None else set()  # by its controller only
+            assert set(paths[f"/api/v1/{kind.name}/{{name}}"]) == {"get", *written}
     assert "/api/v1/applications/{app}/rules/{index}" in paths
 
 

@@ -380,6 +380,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     approve.add_argument("node", nargs="+", help="node names or ids")
     join = connected("join-token", "print a token nodes join a cluster with", cmd_join_token)
     join.add_argument("cluster", nargs="?", default="default")
+    from .cli_canary import add_command
+    add_command(connected)
 
     login = sub.add_parser("login", help="log in to an admin and save the token for later commands")
     login.add_argument("--admin", help=f"admin URL (default $EDGEPLANE_ADMIN or {DEFAULT_ADMIN})")

@@ -139,6 +139,31 @@ class Client:
     def reject_review(self, review_id: int) -> dict:
         return self.call("POST", f"/reviews/{review_id}/reject")
 
+    # --- canaries (the objects themselves: put/get/delete of kind "canaries") ------------
+
+    def canary_runs(self) -> list[dict]:
+        return self.call("GET", "/canary-runs")["items"]
+
+    def canary_status(self, name: str) -> dict:
+        """The run (phase, weight, failed checks), the current step's figures, the decisions."""
+        return self.call("GET", f"/canaries/{name}/status")
+
+    def canary_decisions(self, name: str, limit: int = 50) -> list[dict]:
+        return self.call("GET", f"/canaries/{name}/decisions", params={"limit": limit})["items"]
+
+    def pause_canary(self, name: str, note: str = "") -> dict:
+        return self.call("POST", f"/canaries/{name}/pause", json={"note": note})
+
+    def resume_canary(self, name: str, note: str = "") -> dict:
+        """Go on from a pause; after a rollback or an abort, a new run from the first step."""
+        return self.call("POST", f"/canaries/{name}/resume", json={"note": note})
+
+    def promote_canary(self, name: str, note: str = "") -> dict:
+        return self.call("POST", f"/canaries/{name}/promote", json={"note": note})
+
+    def abort_canary(self, name: str, note: str = "") -> dict:
+        return self.call("POST", f"/canaries/{name}/abort", json={"note": note})
+
     # --- nodes -------------------------------------------------------------------------
 
     def nodes(self) -> list[dict]:

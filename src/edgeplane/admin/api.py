@@ -237,16 +237,18 @@ def object_routes(admin: Admin, kind: Kind) -> APIRouter:
                      who: Principal = Caller) -> dict:
         return access.listing(who, partition, q, limit, offset)
 
+    @router.get("/{name}", summary=f"Get one of the {title}")
+    def get(name: str, who: Principal = Caller) -> dict:
+        return access.get(who, name)
+    if kind.controlled_by is not None:  # read-only here: written by its controller
+        return router
+
     @router.post("", status_code=201, summary=f"Create one of the {title}", openapi_extra=body_schema(model))
     def create(body: dict = Body(...), who: Principal = Caller) -> dict:
         name = body.get("name")
         if not isinstance(name, str):
             raise Invalid([problem("name", "Field required: every object has a name")])
         return access.put(who, name, body, create=True)
-
-    @router.get("/{name}", summary=f"Get one of the {title}")
-    def get(name: str, who: Principal = Caller) -> dict:
-        return access.get(who, name)
 
     @router.put("/{name}", summary=f"Create or replace one of the {title}", openapi_extra=body_schema(model))
     def put(name: str, body: dict = Body(...), who: Principal = Caller) -> dict:
@@ -381,6 +383,9 @@ def batch_routes(admin: Admin) -> APIRouter:
             if kind is None:
                 raise Invalid([problem(f"items[{index}].kind", f"unknown kind {item.kind!r}; expected one of "
                                                                 f"{', '.join(KINDS)}")])
+            if kind.controlled_by is not None:
+                raise Invalid([problem(f"items[{index}].kind", f"{kind.name} are written only by "
+                                                                f"{kind.controlled_by}, not by apply")])
             name = SINGLETON_NAME if kind.singleton else item.name
             before = current.get((kind.name, name))
             before_data = orjson.loads(before.data) if before is not None else None
@@ -831,8 +836,10 @@ def create_app(admin: Admin) -> FastAPI:
 
     async def lifespan(_app: FastAPI):  # noqa: ANN202
         watcher = asyncio.ensure_future(hub.watch())
+        controller = asyncio.ensure_future(admin.canaries.run())
         yield
         watcher.cancel()
+        controller.cancel()
 
     app = FastAPI(title="edgeplane admin API", version="1", docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="Objects, changes, releases, review, nodes and access of an edgeplane control plane.")
@@ -841,8 +848,9 @@ def create_app(admin: Admin) -> FastAPI:
     install_schemas(app)
     for kind in KINDS.values():
         app.include_router(object_routes(admin, kind))
+    from .canary_api import canary_routes, traffic_routes
     for router in (rule_routes(admin), batch_routes(admin), release_routes(admin, hub), node_routes(admin, hub),
-                   user_routes(admin)):
+                   user_routes(admin), canary_routes(admin), traffic_routes(admin)):
         app.include_router(router)
     docs_routes(app)
 

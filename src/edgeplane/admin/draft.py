@@ -79,6 +79,7 @@ def validate(kind: Kind, data: Any, prefix: str = "") -> BaseModel:
 
 
 RESTORING = ("discard", "rollback")  # changes that put back released objects: never pending themselves
+CONTROLLED = "canary"  # the canary controller's changes: released as they are made, never pending
 _INDEXED = re.compile(r"^([a-z_]+)\[(\d+)\]")
 
 
@@ -194,7 +195,7 @@ class Draft:
             "before": self.seal(kind, before.data) if before else None,
             "after": self.seal(kind, after.data) if after else None,
             "partitions": orjson.dumps(partitions).decode() if partitions is not None else None,
-            "discarded": op in RESTORING,
+            "discarded": op in RESTORING or op == CONTROLLED,
         }
         change_id = connection.execute(schema.changes.insert().values(**change)).inserted_primary_key[0]
         table = schema.objects

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, func, select
 
 from ..model.kinds import KINDS, object_key
 from . import schema
-from .draft import Conflict, Draft, Edit, NotFound, Stored
+from .draft import CONTROLLED, Conflict, Draft, Edit, NotFound, Stored
 from .secrets import redact
 
 Manifest = dict[str, dict[str, str]]  # kind → name → hash
@@ -196,6 +196,30 @@ class Releases:
                   "change_id": change_id, "rollback_of": rollback_of}
         connection.execute(schema.releases.insert().values(**values))
         return {k: v for k, v in values.items() if k != "manifest"} | {"objects": sum(map(len, manifest.values()))}
+
+    def release_controlled(self, connection: Connection, actor: str, partition: str, note: str,
+                           edits: list[Edit]) -> dict:
+        """A release that is the partition's latest release plus `edits` (objects of a
+        controlled kind, such as canary_weights) and nothing else: pending changes stay
+        pending. The edits go to the draft too, recorded as never-pending changes, so draft
+        and releases always agree on controlled objects. No review: what a controller may
+        change was itself released (and reviewed). Runs in the caller's transaction, which
+        holds the draft lock; the caller calls `on_release` once it has committed."""
+        latest = self.latest(connection, partition)
+        manifest: Manifest = orjson.loads(latest.manifest) if latest is not None else {}
+        self.draft.write_in(connection, actor, edits, op=CONTROLLED)
+        objects = self.draft.load(connection)
+        for edit in edits:
+            names = manifest.setdefault(edit.kind, {})
+            if edit.instance is None:
+                names.pop(edit.name, None)
+            else:
+                names[edit.name] = objects[(edit.kind, edit.name)].hash
+        manifest = {kind: dict(sorted(names.items())) for kind, names in sorted(manifest.items()) if names}
+        self.keep_blobs(connection, {(e.kind, e.name): objects[(e.kind, e.name)] for e in edits
+                                     if e.instance is not None}, manifest)
+        change_id = latest.change_id if latest is not None else 0  # the draft's own changes are not in it
+        return self._store_release(connection, actor, partition, note, manifest, change_id, None, None)
 
     def keep_blobs(self, connection: Connection, objects: dict[tuple[str, str], Stored], manifest: Manifest) -> None:
         wanted = {stored.hash: stored for key, stored in objects.items() if key[1] in manifest.get(key[0], {})}

@@ -146,3 +146,50 @@ role_bindings = Table(
     Column("scope", String(160), nullable=False),  # *, partition:NAME or application:NAME
     UniqueConstraint("subject", "role", "scope"),
 )
+
+# Automated canaries (admin/canary.py): each canary's run, the decisions taken on it, and
+# the traffic figures nodes report (admin/traffic.py). Not drafted, not released.
+canary_runs = Table(
+    "canary_runs", metadata,
+    Column("name", String(128), primary_key=True),
+    Column("partition", String(128), nullable=False),
+    Column("run", Integer, nullable=False),  # 1, 2, ...: a new run for each released spec (or restart)
+    Column("spec_hash", String(64), nullable=False),  # the released spec this run follows
+    Column("phase", String(16), nullable=False),  # progressing, paused, promoted, rolled_back, aborted
+    Column("weight", Integer, nullable=False),  # percent released to the canary (0 when none is)
+    Column("failed_checks", Integer, nullable=False),
+    Column("step_started_at", Float, nullable=False),  # the window of the next check starts here
+    Column("next_check_at", Float, nullable=False),
+    Column("release", Integer),  # the last release made for this canary
+    Column("revision", Integer, nullable=False),  # bumped by every decision: a stale one is dropped
+    Column("leader", String(128)),  # the admin that drives it ...
+    Column("lease_until", Float),  # ... until then, unless it renews
+    Column("updated_at", Float, nullable=False),
+)
+
+canary_decisions = Table(
+    "canary_decisions", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("canary", String(128), nullable=False, index=True),
+    Column("run", Integer, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("actor", String(128), nullable=False),  # `controller` or the operator's name
+    Column("admin", String(128), nullable=False),  # the admin that took it
+    Column("action", String(16), nullable=False),
+    Column("phase", String(16), nullable=False),  # after the decision
+    Column("weight_from", Integer, nullable=False),
+    Column("weight_to", Integer, nullable=False),
+    Column("release", Integer),
+    Column("reasons", Text, nullable=False),  # JSON list of sentences
+    Column("figures", Text, nullable=False),  # JSON: window, canary, stable, thresholds, nodes
+)
+
+traffic_reports = Table(
+    "traffic_reports", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node", String(128), nullable=False),
+    Column("partition", String(128), nullable=False),
+    Column("at", Float, nullable=False, index=True),  # the admin's clock when it arrived
+    Column("seconds", Float, nullable=False),  # the time it covers, ending `at`
+    Column("upstreams", Text, nullable=False),  # JSON: upstream → requests, failures, buckets_ms
+)

@@ -1,7 +1,8 @@
 """The admin's parts wired together over one store, and its first start.
 
-`Admin` holds the store, the secret box, the draft, releases, nodes and auth; the HTTP
-layer (`api.py`) and the offline commands (migrate, backup, restore) use it. The first
+`Admin` holds the store, the secret box, the draft, releases, nodes, auth and the canary
+controller; the HTTP layer (`api.py`) and the offline commands (migrate, backup, restore)
+use it. The first
 start of an empty store creates the `default` partition and cluster and an `admin` user
 with a password and a token, printed once: later starts find the user and print nothing.
 """
@@ -19,6 +20,7 @@ from sqlalchemy import select
 from ..model.config import Cluster, Partition
 from . import schema
 from .auth import Auth
+from .canary import Canaries
 from .draft import Draft, Edit
 from .nodes import Nodes
 from .releases import Releases
@@ -39,6 +41,7 @@ class Admin:
         self.releases = Releases(self.draft, on_release or (lambda _p, _v: None))
         self.nodes = Nodes(self.releases)
         self.auth = Auth(self.store)
+        self.canaries = Canaries(self.releases, self.nodes)
 
     def start(self, announce: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)) -> None:
         migrate(self.store.engine)
