@@ -2,8 +2,8 @@
 
 One small HTTP/1.1 server whose behaviour the test picks: it counts the TCP connections it
 accepts and sees closed, can serve one request per connection without announcing it,
-streams downloads and hashes uploads without holding them, can answer slowly or with an
-error status, and reports its counters on a separate control port, so that asking for
+streams downloads and hashes uploads without holding them, can answer slowly, with an
+error status, or with 503 for a share of its answers, and reports its counters on a separate control port, so that asking for
 them never changes what is counted.
 """
 
@@ -38,7 +38,7 @@ ON_NEXT_REQUEST = "on-next-request"  # closes it, unanswered, when the next requ
 class Counters:
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.values = {"connects": 0, "closed": 0, "requests": 0, "dropped": 0, "sent": 0}
+        self.values = {"connects": 0, "closed": 0, "requests": 0, "dropped": 0, "sent": 0, "answered": 0}
 
     def add(self, name: str, amount: int = 1) -> int:
         with self.lock:
@@ -118,8 +118,18 @@ class Session:
             answer = {"pod": self.options.name, "method": method, "connection": self.number,
                       "served": self.served}
         body = json.dumps(answer).encode()
-        self.sock.sendall(self.head(len(body), keep_alive, self.options.status) + body)
+        self.sock.sendall(self.head(len(body), keep_alive, self.status()) + body)
         return keep_alive
+
+    def status(self) -> int:
+        """`--status`, or 503 for an even `--error-rate` share of all answers (the n-th answer
+        fails when n x rate passes a whole number)."""
+        rate = self.options.error_rate
+        if rate:
+            number = self.counters.add("answered")
+            if int(number * rate) > int((number - 1) * rate):
+                return 503
+        return self.options.status
 
     def head(self, length: int, keep_alive: bool, status: int = 200) -> bytes:
         close = b"" if keep_alive else b"Connection: close\r\n"
@@ -167,6 +177,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--one-shot", choices=[AFTER_RESPONSE, ON_NEXT_REQUEST])
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before every answer")
     parser.add_argument("--status", type=int, default=200, help="the status of every answer")
+    parser.add_argument("--error-rate", type=float, default=0.0, help="share of answers that are 503 instead")
     options = parser.parse_args(argv)
     counters = Counters()
     data = listen(options.port)
@@ -187,14 +198,14 @@ class Backend:
     """A backend process on a free port (or a given one, to come back where it was)."""
 
     def __init__(self, name: str = "backend", one_shot: str | None = None, delay: float = 0.0,
-                 port: int | None = None, status: int = 200):
+                 port: int | None = None, status: int = 200, error_rate: float = 0.0):
         from conftest import ENV, free_port, wait_port  # here: the server process needs no harness
 
         self.name = name
         self.port = port or free_port()
         self.control = free_port()
         args = [sys.executable, __file__, "--port", str(self.port), "--control", str(self.control),
-                "--name", name, "--delay", str(delay), "--status", str(status)]
+                "--name", name, "--delay", str(delay), "--status", str(status), "--error-rate", str(error_rate)]
         if one_shot:
             args += ["--one-shot", one_shot]
         self.proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
