@@ -256,6 +256,8 @@ class Canaries:
         """Hold (or renew) the canary's lease; False while another admin holds it."""
         if run.leader == self.me and run.lease_until - now > LEASE / 2:
             return True
+        if run.leader not in (None, self.me) and run.lease_until >= now:
+            return False
         table = schema.canary_runs
         with self.store.transaction() as connection:
             taken = connection.execute(table.update().where(
