@@ -76,13 +76,14 @@ class ClientConnection(asyncio.Protocol):
         "worker", "port", "transport", "parser", "peer_ip", "current", "queue", "active",
         "served", "blocks", "deadline", "write_deadline", "closing", "in_head", "head_raw",
         "dispatching", "write_paused", "rejected", "feeding", "completed", "tunnel", "app_cache", "tls",
-        "held",
+        "held", "counted",
     )
 
-    def __init__(self, worker: Worker, port: int, tls: TlsSession | None = None):
+    def __init__(self, worker: Worker, port: int, tls: TlsSession | None = None, counted: str | None = None):
         self.worker = worker
         self.port = port
         self.tls = tls
+        self.counted = counted  # the address this connection counts against (per-client limits), if any
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.peer_ip = b""
@@ -113,17 +114,19 @@ class ClientConnection(asyncio.Protocol):
         self.peer_ip = peer[0].encode() if peer else b""
         if self.tls is not None:  # (counted against its address when it was accepted)
             self.tls.ssl_object = transport.get_extra_info("ssl_object")
-        elif not self.worker.client_limits.admit(peer[0] if peer else "",
-                                                 self.worker.runtime.limits.connections_per_client):
-            self.closing = True
-            transport.abort()
-            return
+        else:
+            admitted, self.counted = self.worker.client_limits.admit(
+                peer[0] if peer else "", self.worker.runtime.limits.connections_per_client, self.port)
+            if not admitted:
+                self.closing = True
+                transport.abort()
+                return
         self.worker.connections.add(self)
         self.deadline = monotonic() + self.worker.runtime.limits.client_header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer_ip is not None and (self.tls is not None or self in self.worker.connections):
-            self.worker.client_limits.release(self.peer_ip.decode())
+        if self.counted is not None:
+            self.worker.client_limits.release(self.counted)
         self.closing = True
         self.worker.connections.discard(self)
         if self.active is not None:

@@ -1,67 +1,49 @@
-"""Limits per client address: open connections, and new TLS handshakes per second.
+"""Limits per client address, for the whole node: open connections, and new TLS handshakes
+per second.
 
-Counted per worker (the node-wide shared counters of `shared.py` are not on main yet): with
-N workers a client may hold up to N times the limits, since the kernel spreads its
-connections over the workers. A connection over the limit is closed before anything is
-read from it; a handshake over the limit is closed once its ClientHello arrived, before
-any cryptography. Both are counted; nothing here parses requests.
+Counted in the node's shared counters (`shared.py`: one file every worker maps), so a limit
+holds whichever worker the kernel hands a connection to; a worker run alone counts in its
+own memory. Counts are exact (serialized per address) unless an address finds no room in
+the table, when it fails open (see `shared.py`). Nothing is counted while a limit is 0 (off):
+a connection keeps the address it was counted under, so a reload that turns a limit on or
+off never releases what it did not take. A connection over the limit is closed before
+anything is read from it; a handshake over the limit once its ClientHello arrived, before
+any cryptography. Nothing here parses requests.
 """
 
 from __future__ import annotations
 
-import time
+from time import monotonic
 
-SWEEP_EVERY = 10.0  # seconds between two clean-ups of idle handshake buckets
+from .shared import LocalMemory, SharedMemory
+from .telemetry import Metrics
 
 
 class ClientLimits:
-    __slots__ = ("open", "buckets", "refused_connections", "refused_handshakes", "swept")
+    __slots__ = ("memory", "metrics")
 
-    def __init__(self) -> None:
-        self.open: dict[str, int] = {}
-        self.buckets: dict[str, list[float]] = {}  # address → [tokens, last refill]
-        self.refused_connections = 0
-        self.refused_handshakes = 0
-        self.swept = time.monotonic()
+    def __init__(self, memory: LocalMemory | SharedMemory, metrics: Metrics):
+        self.memory = memory
+        self.metrics = metrics
 
-    def admit(self, address: str, limit: int) -> bool:
-        """One more open connection from `address`, unless it holds `limit` already (0: no limit)."""
-        count = self.open.get(address, 0)
-        if limit and count >= limit:
-            self.refused_connections += 1
-            return False
-        self.open[address] = count + 1
-        return True
+    def admit(self, address: str, limit: int, port: int) -> tuple[bool, str | None]:
+        """One more open connection from `address` unless it holds `limit` already: (admitted,
+        the address to `release` when it closes, or None when nothing was counted)."""
+        if not limit:
+            return True, None
+        if self.memory.acquire(b"conn:" + address.encode(), limit):
+            return True, address
+        self.metrics.count("client_connections_refused", str(port))
+        return False, None
 
     def release(self, address: str) -> None:
-        count = self.open.get(address, 0) - 1
-        if count > 0:
-            self.open[address] = count
-        else:
-            self.open.pop(address, None)
+        self.memory.release(b"conn:" + address.encode())
 
-    def handshake(self, address: str, rate: float) -> bool:
+    def handshake(self, address: str, rate: float, port: int) -> bool:
         """A token bucket per address: `rate` handshakes per second, bursts of up to `rate` (at least 1)."""
         if not rate:
             return True
-        now = time.monotonic()
-        burst = max(rate, 1.0)
-        bucket = self.buckets.get(address)
-        if bucket is None:
-            bucket = self.buckets[address] = [burst, now]
-        else:
-            bucket[0] = min(burst, bucket[0] + (now - bucket[1]) * rate)
-            bucket[1] = now
-        if now - self.swept > SWEEP_EVERY:
-            self.sweep(now, rate, burst)
-        if bucket[0] < 1.0:
-            self.refused_handshakes += 1
-            return False
-        bucket[0] -= 1.0
-        return True
-
-    def sweep(self, now: float, rate: float, burst: float) -> None:
-        """Forget addresses whose bucket has refilled: they are as good as new."""
-        self.swept = now
-        for address in [a for a, (tokens, last) in self.buckets.items() if tokens + (now - last) * rate >= burst]:
-            del self.buckets[address]
+        if self.memory.token_bucket(b"hs:" + address.encode(), rate, max(rate, 1.0), monotonic())[0]:
+            return True
+        self.metrics.count("tls_handshakes_refused", str(port))
+        return False

@@ -43,43 +43,47 @@ class TlsListener:
                 return
             except OSError:  # out of descriptors and the like: try again on the next wake-up
                 return
-            if not self.worker.client_limits.admit(address[0], self.worker.runtime.limits.connections_per_client):
+            admitted, counted = self.worker.client_limits.admit(
+                address[0], self.worker.runtime.limits.connections_per_client, self.port)
+            if not admitted:
                 conn.close()
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            PendingHello(self, conn, address[0]).read()
+            PendingHello(self, conn, address[0], counted).read()
 
-    def hand_over(self, conn: socket.socket, address: str, hello: ClientHello) -> None:
+    def hand_over(self, pending: PendingHello, hello: ClientHello) -> None:
         worker = self.worker
         site = worker.runtime.tls_site(self.port, hello.server_name)
-        if site is None or not worker.client_limits.handshake(address, worker.runtime.limits.tls_handshakes_per_client):
-            self.refuse(conn, address)
+        if site is None or not worker.client_limits.handshake(
+                pending.address, worker.runtime.limits.tls_handshakes_per_client, self.port):
+            self.refuse(pending)
             return
         try:
             context = worker.contexts.get(site)
         except (OSError, ssl.SSLError, ValueError) as error:
             worker.tls_failure(site, error)
-            self.refuse(conn, address)
+            self.refuse(pending)
             return
         session = TlsSession(hello, site.policy.client_auth is not None)
-        worker.spawn(self.handshake(conn, address, context, session))
+        worker.spawn(self.handshake(pending, context, session))
 
-    def refuse(self, conn: socket.socket, address: str) -> None:
+    def refuse(self, pending: PendingHello) -> None:
         """Close a connection that never became a client connection (its count ends here)."""
-        conn.close()
-        self.worker.client_limits.release(address)
+        pending.conn.close()
+        if pending.counted is not None:
+            self.worker.client_limits.release(pending.counted)
 
-    async def handshake(self, conn: socket.socket, address: str, context: ssl.SSLContext, session: TlsSession) -> None:
+    async def handshake(self, pending: PendingHello, context: ssl.SSLContext, session: TlsSession) -> None:
         from .client import ClientConnection
         worker = self.worker
         try:
             await self.loop.connect_accepted_socket(
-                lambda: ClientConnection(worker, self.port, session), sock=conn, ssl=context,
+                lambda: ClientConnection(worker, self.port, session, pending.counted), sock=pending.conn, ssl=context,
                 ssl_handshake_timeout=worker.runtime.limits.client_header_timeout)
         except (OSError, ssl.SSLError, TimeoutError, EOFError):
             worker.metrics.handshake_failed()
-            self.refuse(conn, address)
+            self.refuse(pending)
 
     def close(self) -> None:
         if not self.closed:
@@ -89,14 +93,15 @@ class TlsListener:
 
 
 class PendingHello:
-    """An accepted connection whose ClientHello has not fully arrived yet."""
+    """An accepted connection until its handshake: the ClientHello may not have fully arrived."""
 
-    __slots__ = ("listener", "conn", "address", "timer", "seen", "lowered")
+    __slots__ = ("listener", "conn", "address", "counted", "timer", "seen", "lowered")
 
-    def __init__(self, listener: TlsListener, conn: socket.socket, address: str):
+    def __init__(self, listener: TlsListener, conn: socket.socket, address: str, counted: str | None):
         self.listener = listener
         self.conn = conn
         self.address = address
+        self.counted = counted  # the address it counts against, to release if it never becomes a client
         self.timer: asyncio.TimerHandle | None = None
         self.seen = -1        # bytes peeked at the last wake-up
         self.lowered = False  # the low-water mark was raised and must be put back
@@ -123,7 +128,7 @@ class PendingHello:
             self.wait(found)
             return
         self.stop_waiting()
-        self.listener.hand_over(self.conn, self.address, found)
+        self.listener.hand_over(self, found)
 
     def wait(self, size: int) -> None:
         if size > 1:
@@ -145,4 +150,4 @@ class PendingHello:
     def drop(self) -> None:
         if self.conn.fileno() >= 0:
             self.stop_waiting()
-            self.listener.refuse(self.conn, self.address)
+            self.listener.refuse(self)

@@ -274,9 +274,7 @@ class Master:
         if path == "/metrics":
             merged = merge([w["metrics"] for w in workers] + [self.metrics.snapshot()])
             gauges = {"active_connections": sum(w["connections"] for w in workers),
-                      "workers": len(workers), "worker_restarts_total": self.restarts,
-                      "client_connections_refused_total": sum(w.get("refused_connections", 0) for w in workers),
-                      "tls_handshakes_refused_total": sum(w.get("refused_handshakes", 0) for w in workers)}
+                      "workers": len(workers), "worker_restarts_total": self.restarts}
             text = render_prometheus(merged, gauges, {w["worker"]: w["version"] for w in workers},
                                      sum(w["access_log_dropped"] for w in workers), self.resilience_gauges(workers))
             return 200, b"text/plain; version=0.0.4", text.encode()

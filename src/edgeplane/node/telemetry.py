@@ -49,6 +49,11 @@ COUNTERS = {
                      "Requests a rate limit refused or delayed (shaping), or decided without Redis, by policy.",
                      ("policy", "outcome")),
     "auth_refused": ("edgeplane_auth_refused_total", "Requests an auth provider answered 401 or 403.", ("provider",)),
+    "client_connections_refused": ("edgeplane_client_connections_refused_total",
+                                   "Connections closed at once: their address held connections_per_client.",
+                                   ("port",)),
+    "tls_handshakes_refused": ("edgeplane_tls_handshakes_refused_total",
+                               "TLS handshakes refused: their address exceeded tls_handshakes_per_client.", ("port",)),
 }
 
 

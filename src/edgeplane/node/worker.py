@@ -35,7 +35,7 @@ from .exchange import Exchange
 from .listener import TlsListener
 from .openssl import ticket_callback
 from .runtime import Runtime, compile_runtime, endpoint_keys
-from .shared import SharedMemory
+from .shared import LocalMemory, SharedMemory
 from .store import ConfigBuilder, LocalStore
 from .telemetry import AccessLog, Metrics
 from .tickets import KEY_FILE, TicketKeyRing
@@ -131,9 +131,9 @@ class Worker:
         self.ticket_callback = ticket_callback(self.tickets.lookup)
         self.contexts = ContextCache(None)
         self.failed_sites: set[Site] = set()
-        self.client_limits = ClientLimits()
         self.shared = self.open_shared()
         self.access = AccessState(self.shared, self.metrics)
+        self.client_limits = ClientLimits(self.shared if self.shared is not None else LocalMemory(), self.metrics)
 
     def open_shared(self) -> SharedMemory | None:
         """The node's shared counters, made by the master in its run directory; this worker's
@@ -404,8 +404,6 @@ class Worker:
             "reloads": self.reloads, "last_error": self.last_error,
             "access_log_dropped": self.access_log.dropped, "metrics": self.metrics.snapshot(),
             "transitions": list(self.transitions),
-            "refused_connections": self.client_limits.refused_connections,
-            "refused_handshakes": self.client_limits.refused_handshakes,
             "circuit_breakers": {name: u.breaker.status() for name, u in self.runtime.upstreams.items()},
             "access": self.access.status(),
             "upstreams": {
