@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # Tests wait on sockets and processes more than on the CPU: three pytest workers fit two cores.
 TEST_WORKERS ?= 3
 
-.PHONY: run test bench bench-control-plane bench-rules bench-tls bench-access lint clean test-tools
+.PHONY: run test bench bench-control-plane bench-rules bench-tls bench-access bench-mirror lint clean test-tools
 # apt-get, as root or through sudo; the package lists are refreshed only if an install needs it.
 APT_INSTALL = sudo=$$([ "$$(id -u)" -eq 0 ] || echo sudo); export DEBIAN_FRONTEND=noninteractive; \
 	$$sudo apt-get install -y --no-install-recommends $(1) || { $$sudo apt-get update && $$sudo apt-get install -y --no-install-recommends $(1); }
@@ -42,6 +42,11 @@ bench-tls: $(STAMP)
 bench-control-plane: $(STAMP)
 	$(BIN)/python bench/control_plane.py propagation
 	$(BIN)/python bench/control_plane.py scale
+
+bench-mirror: $(STAMP)
+	@{ command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || { $(call APT_INSTALL,nginx-light); }
+	@command -v wrk >/dev/null 2>&1 || { $(call APT_INSTALL,wrk); }
+	$(BIN)/python bench/mirror.py
 
 bench-rules: $(STAMP)
 	$(BIN)/python bench/rules.py

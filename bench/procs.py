@@ -267,9 +267,9 @@ class Edgeplane:
 # --- wrk -------------------------------------------------------------------------------
 
 def run_wrk(procs: Procs, script: str, request_file: str, url: str, duration: float, connections: int,
-            raw_path: str | None = None) -> dict:
+            raw_path: str | None = None, script_args: tuple[str, ...] = ()) -> dict:
     args = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s", "--timeout", "5s", "-s", script, url,
-            "--", request_file]
+            "--", request_file, *script_args]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = procs.spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -332,27 +332,32 @@ def workspace(args: argparse.Namespace, name: str) -> tuple[str, Procs]:
 
 
 def alternate_rounds(procs: Procs, proxies: dict, script: str, request_file: str, duration: float,
-                     rounds: int, width: int = 11) -> dict[str, tuple[float, float]]:
+                     rounds: int, width: int = 11, connections: int = 50, script_args: tuple[str, ...] = (),
+                     observe: Callable[[str, dict], None] | None = None) -> dict[str, tuple[float, ...]]:
     """A 2 s warm-up round, then `rounds` measured rounds, the order of the proxies reversed
-    every round; prints each and returns the medians (req/s, CPU us per request) by label.
-    A proxy is anything with `port` and `worker_pid`; any error fails the bench."""
-    results: dict[str, list[tuple[float, float]]] = {label: [] for label in proxies}
+    every round; prints each and returns the medians (req/s, CPU us per request, p50 us,
+    p99 us) by label; `observe(label, wrk outcome)` sees each measured round. A proxy is
+    anything with `port` and `worker_pid`; any error fails the bench."""
+    results: dict[str, list[tuple[float, ...]]] = {label: [] for label in proxies}
     for round_number in range(rounds + 1):
         order = list(proxies.items()) if round_number % 2 else list(reversed(proxies.items()))
         for label, proxy in order:
             cpu0 = cpu_seconds(proxy.worker_pid)
             outcome = run_wrk(procs, script, request_file, f"http://127.0.0.1:{proxy.port}/",
-                              duration if round_number else 2, 50)
+                              duration if round_number else 2, connections, script_args=script_args)
             cpu = cpu_seconds(proxy.worker_pid) - cpu0
             errors = sum(outcome[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
             if errors:
                 raise SystemExit(f"{label}: {errors} errors in round {round_number}")
             if round_number:  # round 0 warms up
-                results[label].append((outcome["rps"], 1e6 * cpu / max(outcome["requests"], 1)))
+                results[label].append((outcome["rps"], 1e6 * cpu / max(outcome["requests"], 1),
+                                       outcome["p50_us"], outcome["p99_us"]))
+                if observe is not None:
+                    observe(label, outcome)
                 print(f"  round {round_number} {label:<{width}} {outcome['rps']:>9.1f} req/s "
-                      f"{results[label][-1][1]:>6.1f} us/req", flush=True)
-    medians = {label: (statistics.median(r for r, _ in rows), statistics.median(u for _, u in rows))
+                      f"{results[label][-1][1]:>6.1f} us/req  p99 {outcome['p99_us'] / 1000:>7.3f} ms", flush=True)
+    medians = {label: tuple(statistics.median(row[i] for row in rows) for i in range(4))
                for label, rows in results.items()}
-    for label, (rps, us) in medians.items():
-        print(f"  median {label:<{width}} {rps:>9.1f} req/s {us:>6.1f} us/req")
+    for label, (rps, us, _, p99) in medians.items():
+        print(f"  median {label:<{width}} {rps:>9.1f} req/s {us:>6.1f} us/req  p99 {p99 / 1000:>7.3f} ms")
     return medians

@@ -14,6 +14,13 @@ from test_reload import get, wait_for
 from conftest import app_config, free_port
 
 
+def behind_a_breaker(node, backend, **limits) -> tuple:
+    """(node, its port, the slow backend it proxies to with these circuit_breaker limits)."""
+    slow = backend("slow", delay=2.0)
+    port = free_port()
+    return node(app_config([slow.server()], port, upstream={"circuit_breaker": limits})), port, slow
+
+
 def breaker_state(node) -> dict:
     return node.status()["circuit_breakers"]["0"]["up"]
 
@@ -28,9 +35,7 @@ def hold(port: int, count: int) -> tuple[list[threading.Thread], list[int]]:
 
 
 def test_the_breaker_opens_fails_fast_and_closes_again(node, backend):
-    slow = backend("slow", delay=3.0)
-    port = free_port()
-    started = node(app_config([slow.server()], port, upstream={"circuit_breaker": {"max_requests": 2}}))
+    started, port, slow = behind_a_breaker(node, backend, max_requests=2)
     threads, held = hold(port, 2)
     wait_for(lambda: breaker_state(started)["requests"] == 2, what="two requests in flight")
     refused = [get(port) for _ in range(3)]
@@ -53,9 +58,7 @@ def test_the_breaker_opens_fails_fast_and_closes_again(node, backend):
 
 
 def test_max_connections_refuses_a_request_that_would_need_one_more_connection(node, backend):
-    slow = backend("slow", delay=2.0)
-    port = free_port()
-    started = node(app_config([slow.server()], port, upstream={"circuit_breaker": {"max_connections": 1}}))
+    started, port, slow = behind_a_breaker(node, backend, max_connections=1)
     threads, held = hold(port, 1)
     wait_for(lambda: breaker_state(started)["connections"] == 1, what="one connection open")
     status, _, body = get(port)

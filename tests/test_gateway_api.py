@@ -18,6 +18,7 @@ import yaml
 
 from edgeplane.cli import main
 from edgeplane.lang.compile import Forward, LocalResponse
+from edgeplane.model.config import Retry
 from edgeplane.model.gateway_api import (
     GatewayApiError,
     covers,
@@ -604,7 +605,8 @@ def test_https_listeners_serve_their_routes_over_tls_with_the_certificate_of_eac
 def test_everything_untranslated_is_reported_with_kind_name_and_field():
     docs = [gateway(listener("web", 443, protocol="TLS")),
             {"apiVersion": f"{GROUP}/v1", "kind": "GRPCRoute", "metadata": {"name": "g", "namespace": "shop"}},
-            route("r", rule(retry={"attempts": 3}, filters=[{"type": "ExtensionRef", "extensionRef": {"name": "x"}}]),
+            route("r", rule(sessionPersistence={"sessionName": "s"},
+                            filters=[{"type": "ExtensionRef", "extensionRef": {"name": "x"}}]),
                   parents=[{"name": "gw"}, {"name": "nope"}])]
     _, warnings = translate(*docs)
     assert fields(warnings) == [
@@ -615,7 +617,7 @@ def test_everything_untranslated_is_reported_with_kind_name_and_field():
     ]
     docs[0] = gateway()
     _, warnings = translate(*docs)
-    assert "HTTPRoute shop/r: spec.rules[0].retry" in fields(warnings)
+    assert "HTTPRoute shop/r: spec.rules[0].sessionPersistence" in fields(warnings)
     assert "HTTPRoute shop/r: spec.rules[0].filters[0].type" in fields(warnings)
 
 
@@ -640,7 +642,8 @@ def without_names(config) -> dict:
 @pytest.mark.parametrize("manifest", ["httproute-matching-across-routes.yaml", "httproute-method-matching.yaml",
                                       "httproute-listener-hostname-matching.yaml", "httproute-rewrite-path.yaml",
                                       "httproute-request-mirror.yaml", "httproute-cors.yaml",
-                                      "httproute-redirect-port-and-scheme.yaml", "httproute-weight.yaml"])
+                                      "httproute-redirect-port-and-scheme.yaml", "httproute-weight.yaml",
+                                      "httproute-retry.yaml", "httproute-retry-with-timeouts.yaml"])
 def test_export_then_import_routes_the_same(manifest):
     """With the Secret the HTTPS listeners of the base manifests name: they serve too."""
     endpoints = {("gateway-conformance-infra", f"infra-backend-v{i}", 8080): [("127.0.0.1", 9000 + i)] for i in (1, 2, 3)}
@@ -687,6 +690,22 @@ def test_export_leaves_certificates_read_from_files_for_the_operator_to_store():
     assert documents[0]["spec"]["listeners"][0]["tls"]["certificateRefs"] == [{"kind": "Secret", "name": "shop"}]
 
 
+def test_a_retry_policy_exports_as_retries_and_codes_and_reports_what_it_cannot_say():
+    config = parse(yaml.safe_dump({
+        "upstreams": [{"name": "api", "servers": [{"address": "10.0.0.1", "port": 80}]}],
+        "applications": [{"name": "shop", "domains": ["shop.com"], "rules": [{"actions": [{"proxy": {
+            "upstream": "api", "retry": {"attempts": 3, "retry_on": ["gateway-error"], "statuses": [429],
+                                         "non_idempotent": True, "backoff": "50ms"}}}]}]}]}))
+    documents, endpoints, warnings = export_gateway_api(config)
+    assert documents[1]["spec"]["rules"][0]["retry"] == {"attempts": 2, "backoff": "50ms", "codes": [429, 502, 503, 504]}
+    assert [str(w) for w in warnings] == [
+        "Application shop: rules[0].actions: retry: non_idempotent cannot be said in Gateway API (it always "
+        "retries connection errors and timeouts); exported without"]
+    again, _ = import_gateway_api(documents, endpoints)
+    assert again.applications[0].rules[0].actions[0].retry == Retry(
+        attempts=3, retry_on=["connect-failure", "reset"], statuses=[429, 502, 503, 504], backoff=0.05)
+
+
 def test_export_reports_what_gateway_api_cannot_express():
     config = parse(yaml.safe_dump({
         "upstreams": [{"name": "api", "servers": [{"address": "10.0.0.1", "port": 80}], "balance": "least-conn"}],
@@ -717,13 +736,14 @@ def test_export_reports_what_gateway_api_cannot_express():
 
 def test_import_command_writes_the_config_and_prints_warnings(tmp_path, capsys):
     (tmp_path / "endpoints.yaml").write_text(yaml.safe_dump(format_endpoints(ENDPOINTS)))
-    (tmp_path / "routes.yaml").write_text(yaml.safe_dump_all([gateway(), route("r", rule(retry={"attempts": 2}))]))
+    (tmp_path / "routes.yaml").write_text(yaml.safe_dump_all([gateway(), route("r", rule(sessionPersistence={}))]))
     code = main(["import", "gateway-api", "-f", str(tmp_path / "routes.yaml"), "--endpoints",
                  str(tmp_path / "endpoints.yaml"), "--port", "80=8081", "-o", str(tmp_path / "out.yaml")])
     assert code == 0
     config = parse((tmp_path / "out.yaml").read_text())
     assert config.applications[0].ports == [8081]
-    assert "warning: HTTPRoute shop/r: spec.rules[0].retry: retry is not supported" in capsys.readouterr().err
+    assert ("warning: HTTPRoute shop/r: spec.rules[0].sessionPersistence: sessionPersistence is not supported"
+            in capsys.readouterr().err)
 
 
 def test_export_command_writes_manifests_and_endpoints(tmp_path):

@@ -3,7 +3,9 @@
 It answers every request with JSON describing what it received (path, host, method,
 headers, body size, namespace from $NAMESPACE, pod name), as the Gateway API conformance
 echo server does, and understands `?delay=`, `/status/<code>`,
-`/retry/...?uuid=&succeedAfter=&responseCode=`, the `X-Echo-Set-Header` request header and
+`/retry/...?uuid=&succeedAfter=&responseCode=&delayRetry=` (the first `succeedAfter`
+requests of a uuid fail: answered `responseCode` after `delayRetry`, or without
+`responseCode` their connection is reset), the `X-Echo-Set-Header` request header and
 WebSocket echo at `/ws`. It remembers what it received: `GET /__echo/requests`, asked
 directly (no X-Forwarded-For, so never through a proxy), lists it. A test and demo tool,
 not a node component.
@@ -134,7 +136,12 @@ class EchoProtocol(asyncio.Protocol):
             uuid = query["uuid"][0]
             seen = self.state.retries[uuid] = self.state.retries.get(uuid, 0) + 1
             if seen <= int(query.get("succeedAfter", ["0"])[0]):
-                status = int(query.get("responseCode", ["500"])[0])
+                if "delayRetry" in query:
+                    await asyncio.sleep(_seconds(query["delayRetry"][0]))
+                if "responseCode" not in query:  # a connection error: reset, never answered
+                    self.transport.abort()
+                    return
+                status = int(query["responseCode"][0])
         grouped: dict[str, list[str]] = {}
         host = ""
         for name, value in headers:

@@ -418,18 +418,50 @@ def _split_step(action: Split, upstreams: dict[str, Any], context: CompileContex
                                 b"500 Internal Server Error: every backend of this route has weight 0\n")
         return lambda _request, _ops: failure
     forwards = [_forward(action, upstreams[name], context) for name, _ in weighted]
-    bounds, total = [], 0
-    for _, weight in weighted:
-        total += weight
-        bounds.append(total)
-    if len(forwards) == 1:
+    if len(forwards) == 1 and action.cookie is None:
         only = forwards[0]
         return lambda _request, _ops: only
+    total, running, bounds = sum(weight for _, weight in weighted), 0, []
+    for _, weight in weighted:
+        running += weight
+        bounds.append(running / total)  # each upstream's share: a fixed stretch of [0, 1)
+    uniform = random.random
     if action.sticky:
         key = key_getter(action.sticky)
-        return lambda request, _ops: forwards[bisect.bisect_right(bounds, stable_hash(key(request)) % total)]
-    uniform = random.random
-    return lambda _request, _ops: forwards[bisect.bisect_right(bounds, uniform() * total)]
+
+        def draw(request: Any, _ops: list) -> Forward:
+            # The key's place in [0, 1), so that as weights ramp a key only moves to an
+            # upstream whose share grows. A request without the key is drawn at random.
+            found = key(request)
+            return forwards[bisect.bisect_right(bounds, stable_hash(found) / HASH_SPACE if found else uniform())]
+    else:
+        def draw(_request: Any, _ops: list) -> Forward:
+            return forwards[bisect.bisect_right(bounds, uniform())]
+    if action.cookie is None:
+        return draw
+    return _pinned_step(action, [name for name, _ in weighted], forwards, draw)
+
+
+HASH_SPACE = float(1 << 64)
+
+
+def _pinned_step(action: Split, names: list[str], forwards: list[Forward], draw: Step) -> Step:
+    """A client whose cookie names an upstream still in the split goes there; any other is
+    drawn as usual and given the cookie (prepared once per upstream)."""
+    name, by_value = action.cookie, dict(zip(names, forwards))
+    age = f"; Max-Age={int(action.cookie_max_age)}" if action.cookie_max_age is not None else ""
+    pins = {id(forward): ("add", b"set-cookie", b"Set-Cookie",
+                          f"{name}={upstream}; Path=/; HttpOnly; SameSite=Lax{age}".encode("latin-1"))
+            for upstream, forward in zip(names, forwards)}
+
+    def pinned(request: Any, ops: list) -> Forward:
+        held = request.cookie(name)
+        forward = by_value.get(held[0]) if held else None
+        if forward is None:
+            forward = draw(request, ops)
+            ops.append(pins[id(forward)])
+        return forward
+    return pinned
 
 
 def _mirror_step(action: Mirror, upstreams: dict[str, Any]) -> Step:

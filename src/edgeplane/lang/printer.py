@@ -187,7 +187,8 @@ _NAME_VALUE = (Part("name", always=True), Part("value", always=True))
 
 LAYOUT: dict[str, tuple[Part, ...]] = {
     "proxy": (Part("upstream", always=True), *_EXCHANGE),
-    "split": (Part("upstreams", render=_weighted, always=True), _option("sticky"), *_EXCHANGE),
+    "split": (Part("upstreams", render=_weighted, always=True), _option("sticky"), _option("cookie"),
+              _option("cookie_max_age", duration), *_EXCHANGE),
     "mirror": (Part("upstream", always=True), _option("percent", number)),
     "deny": (Part("status", render=str, always=True), Part("body")),
     "set-request-header": _NAME_VALUE,

@@ -394,15 +394,30 @@ class WeightedUpstream(Model):
     weight: int = Field(1, ge=0, le=10000)
 
 
+CookieName = Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+
+
 class Split(Action):
-    """Share requests among upstreams by weight; with `sticky`, one key stays on one upstream."""
+    """Share requests among upstreams by weight. With `sticky`, the hash of a request key
+    places it (a key stays on one upstream, and as weights ramp only moves toward the
+    upstreams that grow); with `cookie`, the node pins each client to the upstream it was
+    first given, with a cookie of that name, for `cookie_max_age` (the browser session
+    when unset)."""
 
     kind = "split"
     upstreams: list[WeightedUpstream] = Field(min_length=1)
     sticky: HashKey | None = None
+    cookie: CookieName | None = None
+    cookie_max_age: Duration | None = None
     timeout: Duration | None = None
     backend_timeout: Duration | None = None
     retry: Retry | None = None
+
+    @model_validator(mode="after")
+    def _cookie(self) -> Split:
+        if self.cookie_max_age is not None and self.cookie is None:
+            raise ValueError("cookie_max_age needs cookie: the name of the cookie that pins a client")
+        return self
 
 
 class Mirror(Action):

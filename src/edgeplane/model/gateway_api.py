@@ -36,6 +36,7 @@ from .config import (
     RemoveRequestHeader,
     RemoveResponseHeader,
     Respond,
+    Retry,
     RetryBudget,
     RewritePath,
     Rule,
@@ -707,10 +708,9 @@ class _Importer:
             rules = (route.doc.get("spec") or {}).get("rules")
             for index, rule in enumerate([{}] if rules is None else rules):
                 where = f"spec.rules[{index}]"
-                for name in ("retry", "sessionPersistence"):
-                    if name in rule:
-                        self.warn_route(route, f"{where}.{name}", f"{name} is not supported yet; requests are "
-                                                                  "sent as if it were absent")
+                if "sessionPersistence" in rule:
+                    self.warn_route(route, f"{where}.sessionPersistence", "sessionPersistence is not supported "
+                                                                          "yet; requests are sent as if it were absent")
                 for number, match in enumerate(rule.get("matches") or [{}]):
                     translated = self.match_rules(route, rule, index, match, number, gateway_port)
                     out.append((match_precedence(match), index, number, translated))
@@ -735,8 +735,10 @@ class _Importer:
             backends = [self.backend(route, ref, f"{where}.backendRefs[{k}]", prefix, gateway_port)
                         for k, ref in enumerate(rule.get("backendRefs") or [])]
             timeouts = rule.get("timeouts") or {}
-            limits = (parse_duration(timeouts.get("request")), parse_duration(timeouts.get("backendRequest")))
-            return routing_rules(name, conditions, actions, backends, limits)
+            exchange = {"timeout": parse_duration(timeouts.get("request")),
+                        "backend_timeout": parse_duration(timeouts.get("backendRequest")),
+                        "retry": retry_policy(rule["retry"]) if "retry" in rule else None}
+            return routing_rules(name, conditions, actions, backends, exchange)
         except (KeyError, TypeError, ValueError) as error:
             self.warn_route(route, where, f"not translatable ({_reason(error)}); requests it matches get 500")
             return [Rule(name=name, conditions=conditions,
@@ -896,11 +898,23 @@ def match_conditions(match: dict) -> list[Condition]:
     return conditions
 
 
+def retry_policy(spec: dict) -> Retry:
+    """HTTPRouteRetry: `attempts` counts retries (ours counts tries, the first included);
+    connection errors and timeouts are always retried, and the `codes` listed; `backoff` is
+    the first wait. An implementation picks the attempts when none are given: one retry."""
+    spec = spec or {}
+    fields: dict[str, Any] = {"attempts": int(spec.get("attempts", 1)) + 1, "retry_on": ["connect-failure", "reset"],
+                              "statuses": [int(code) for code in spec.get("codes") or []]}
+    if "backoff" in spec:
+        fields["backoff"] = parse_duration(spec["backoff"]) or 0.0
+    return Retry(**fields)
+
+
 def routing_rules(name: str, conditions: list[Condition], actions: list, backends: list[_Backend],
-                  limits: tuple[float | None, float | None]) -> list[Rule]:
+                  exchange: dict[str, Any]) -> list[Rule]:
     """The rules that end a match: proxy or split, or — when backendRefs differ in filters or
-    some are unusable — one rule per backend, each drawn with its share of the weight."""
-    timeout, backend_timeout = limits
+    some are unusable — one rule per backend, each drawn with its share of the weight.
+    `exchange`: the routes' timeout, backend_timeout and retry."""
     live = [backend for backend in backends if backend.weight > 0]
     if not live:
         why = "the route rule has no backendRefs" if not backends else "every backendRef has weight 0"
@@ -909,17 +923,16 @@ def routing_rules(name: str, conditions: list[Condition], actions: list, backend
     first = live[0]
     if all(b.fixed is None and b.actions == first.actions for b in live):
         if len(live) == 1:
-            end: Any = Proxy(upstream=first.upstream, timeout=timeout, backend_timeout=backend_timeout)
+            end: Any = Proxy(upstream=first.upstream, **exchange)
         else:
-            end = Split(upstreams=[WeightedUpstream(upstream=b.upstream, weight=b.weight) for b in live],
-                        timeout=timeout, backend_timeout=backend_timeout)
+            end = Split(upstreams=[WeightedUpstream(upstream=b.upstream, weight=b.weight) for b in live], **exchange)
         return [Rule(name=name, conditions=conditions, actions=[*actions, *first.actions, end])]
     rules, remaining = [], sum(b.weight for b in live)
     for backend in live:
         share = 100.0 * backend.weight / remaining
         remaining -= backend.weight
         draw = [] if backend is live[-1] else [Condition(var="random", op="lt", values=[format(share, ".10g")])]
-        end = backend.fixed or Proxy(upstream=backend.upstream, timeout=timeout, backend_timeout=backend_timeout)
+        end = backend.fixed or Proxy(upstream=backend.upstream, **exchange)
         rules.append(Rule(name=name, conditions=[*conditions, *draw], actions=[*actions, *backend.actions, end]))
     return rules
 
@@ -1108,8 +1121,34 @@ class _Exporter:
                                                            ("backendRequest", end.backend_timeout)) if v}
             if timeouts:
                 out["timeouts"] = timeouts
-            if isinstance(end, Split) and end.sticky:
-                self.warn("Application", app, f"{where}.actions", "split.sticky has no Gateway API equivalent; dropped")
+            if end.retry is not None:
+                out["retry"] = self.retry(end.retry, app, where)
+            for field in ("sticky", "cookie"):
+                if isinstance(end, Split) and getattr(end, field):
+                    self.warn("Application", app, f"{where}.actions", f"split.{field} has no Gateway API equivalent; "
+                                                                      "dropped")
+        return out
+
+    def retry(self, retry: Retry, app: str, where: str) -> dict:
+        """HTTPRouteRetry: attempts are retries; every status our conditions name becomes a code."""
+        codes = set(retry.statuses)
+        if "gateway-error" in retry.retry_on:
+            codes |= {502, 503, 504}
+        if "5xx" in retry.retry_on:
+            codes |= set(range(500, 600))
+        on = set(retry.retry_on)
+        lost = [what for what, changed in (
+            ("retry_on without connect-failure and reset", not {"connect-failure", "reset"} <= on
+             and not {"gateway-error", "5xx"} & on),
+            ("non_idempotent", retry.non_idempotent), ("max_backoff", retry.max_backoff is not None),
+            ("replay_limit", retry.replay_limit != Retry().replay_limit)) if changed]
+        if lost:
+            self.warn("Application", app, f"{where}.actions", f"retry: {', '.join(lost)} cannot be said in Gateway "
+                                                              "API (it always retries connection errors and "
+                                                              "timeouts); exported without")
+        out: dict = {"attempts": retry.attempts - 1, "backoff": format_duration(retry.backoff)}
+        if codes:
+            out["codes"] = sorted(codes)
         return out
 
     def matches(self, conditions: list[Condition]) -> list[dict]:

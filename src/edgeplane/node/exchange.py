@@ -99,7 +99,7 @@ class Exchange:
     replay_limit = REPLAY_LIMIT
     breaker: Breaker | None = None  # the upstream's, once it counts this request
     breaker_limit = ""  # the circuit-breaker limit that refused this request
-    attempt = 1         # tries so far (the stale-connection retry not counted)
+    attempt = 1         # tries so far
     retrying = False    # the breaker counts this request as a retry in flight
     retry_log = ""      # why each retry was sent or refused, for the access log
 
@@ -305,8 +305,6 @@ class Exchange:
                 parts.append(self.body_end())
             self.sent_at = now
             connection.deadline = now + self.upstream.timeouts.read
-            if request.mirrors:
-                self.send_mirrors(request.mirrors)
         else:
             request.exchange = self
             if request.expect_continue and not body and not self.continue_sent and request.version == "1.1":
@@ -314,6 +312,8 @@ class Exchange:
                 self.client.write(CONTINUE)
             self.client.unblock_body()
         connection.write(b"".join(parts))
+        if request.complete and request.mirrors:  # the request itself went first
+            self.send_mirrors(request.mirrors)
 
     def request_head(self) -> bytes:
         request = self.request
@@ -546,10 +546,12 @@ class Exchange:
             self.upstream_failed("upstream closed the connection before responding", self.failure_status())
 
     def retry_fresh(self) -> None:
-        """A pooled connection died before answering: send the same request once more, fresh
-        (a race every proxy has with idle timeouts, not a failure of the server: neither an
-        attempt nor a retry the budget counts)."""
+        """A pooled connection died before answering: send the same request once more, fresh.
+        It is a race every proxy has with idle timeouts, not a failure the retry budget
+        counts; but it is a try, so a retry policy's attempts count it."""
         self.retried = True
+        self.attempt += 1
+        self.retry_log += "stale-connection,"
         self.rewind()
         self.open_new(self.endpoint)
 

@@ -30,6 +30,7 @@ from ..model.load import ConfigError, load
 from .acme import AcmeManager
 from .health import HealthRunner
 from .shared import SharedMemory
+from .stats import add, summary
 from .store import ConfigBuilder, LocalStore
 from .telemetry import AccessLog, Metrics, merge, render_prometheus
 from .tickets import KEY_FILE, TicketKeyFile
@@ -38,6 +39,15 @@ from .worker import HEALTH_FILE, STORE_PREFIX, TRANSITIONS_KEPT, file_signature,
 NODE_WIDE = frozenset({"applications", *CANARY_KINDS})  # kinds the master's node-wide work does without
 HOUSEKEEPING = 1.0  # seconds between two looks at the config file and the ticket keys
 ACME_RETRY = 30.0   # seconds before a failed ACME order is tried again (check_interval if shorter)
+
+
+def upstream_stats(workers: list[dict]) -> dict:
+    """Each upstream's traffic over the last minute, all workers together (see stats.py)."""
+    merged: dict[str, list[int]] = {}
+    for w in workers:
+        add(merged, w["traffic"]["upstreams"])
+    return {"window_s": max((w["traffic"]["window_s"] for w in workers), default=0.0),
+            "upstreams": {name: summary(series) for name, series in sorted(merged.items())}}
 
 
 class Master:
@@ -291,6 +301,7 @@ class Master:
             "upstreams_by_worker": {w["worker"]: w["upstreams"] for w in workers},
             "circuit_breakers": {w["worker"]: w["circuit_breakers"] for w in workers},
             "health_checks": self.health.status(),
+            "upstream_stats": upstream_stats(workers),
             "transitions": transitions[-TRANSITIONS_KEPT:],
             "access_by_worker": {w["worker"]: w["access"] for w in workers},
         }

@@ -2,7 +2,8 @@
 
 A mirror exchange borrows a pooled upstream connection like a real exchange does, but
 nothing it meets (no server, a refused connection, an error, a slow answer) reaches the
-client or delays it: each outcome is only counted in `edgeplane_mirror_requests_total`.
+client or delays it: each outcome is only counted in `edgeplane_mirror_requests_total` —
+the status class of the shadow's answer, or how the copy failed or why it was skipped.
 Copies count against the shadow upstream's circuit breaker (at most `MIRROR_IN_FLIGHT` at
 once when it sets no `max_requests`), so a slow shadow costs bounded memory and
 connections. Mirrored requests carry `X-Edgeplane-Mirror: 1` so the shadow can tell.
@@ -13,6 +14,7 @@ from __future__ import annotations
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
+from .telemetry import STATUS_CLASSES
 from .upstream import UpstreamConnection, open_connection
 from .wire import request_head
 
@@ -25,7 +27,8 @@ MIRROR_IN_FLIGHT = 1024  # copies in flight per shadow upstream and worker, unle
 
 
 class MirrorExchange:
-    __slots__ = ("worker", "upstream", "request", "data", "endpoint", "conn", "final_head", "head_only", "breaker")
+    __slots__ = ("worker", "upstream", "request", "data", "endpoint", "conn", "final_head", "head_only", "breaker",
+                 "result")
     switching = False  # a mirror never switches protocols
     pending_head = None  # nor holds a head for a client
 
@@ -37,6 +40,7 @@ class MirrorExchange:
         self.conn: UpstreamConnection | None = None
         self.final_head = False
         self.breaker = None
+        self.result = ""
         self.head_only = request.method == "HEAD"
         framing = b"Content-Length: %d\r\n\r\n" % len(body) if body or request.content_length >= 0 else b"\r\n"
         self.data = (client_ip, framing, body)
@@ -93,6 +97,7 @@ class MirrorExchange:
         if status < 200:
             return
         self.final_head = True
+        self.result = STATUS_CLASSES[min(status // 100, 5) - 1]
         if self.head_only:
             self.response_complete(self.conn.end_bodiless_response())
 
@@ -102,17 +107,19 @@ class MirrorExchange:
     def response_complete(self, keep_upstream: bool) -> None:
         if self.final_head:
             self.release(keep_upstream)
-            self.done("answered")
+            self.done(self.result)
 
     def upstream_lost(self, connection: UpstreamConnection, exc: Exception | None) -> None:
-        self.upstream_failed("closed", 502)
+        self.release(False)
+        self.done("reset")
 
     def upstream_failed(self, cause: str, status: int) -> None:
         self.release(False)
-        self.done("failed")
+        self.done("invalid-answer")
 
     def upstream_timeout(self) -> None:
-        self.upstream_failed("timeout", 504)
+        self.release(False)
+        self.done("timeout")
 
     def upstream_paused(self, paused: bool) -> None:
         return  # a mirror's body is sent whole; nothing to hold back

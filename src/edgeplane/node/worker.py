@@ -36,6 +36,7 @@ from .listener import TlsListener
 from .openssl import ticket_callback
 from .runtime import Runtime, compile_runtime, endpoint_keys
 from .shared import LocalMemory, SharedMemory
+from .stats import TrafficWindow
 from .store import ConfigBuilder, LocalStore
 from .telemetry import AccessLog, Metrics
 from .tickets import KEY_FILE, TicketKeyRing
@@ -108,6 +109,7 @@ class Worker:
         self.control_path = control_path
         self.registry = EndpointRegistry(reporter=self)
         self.transitions: deque[dict] = deque(maxlen=TRANSITIONS_KEPT)
+        self.traffic = TrafficWindow(time.monotonic())
         self.runtime: Runtime = None
         self.connections: set[ClientConnection] = set()
         self.busy: set = set()
@@ -162,6 +164,8 @@ class Worker:
         upstream = exchange.upstream.name if exchange.upstream is not None else None
         upstream_seconds = now - exchange.sent_at if exchange.sent_at else 0.0
         self.metrics.record(app, exchange.status, upstream if exchange.sent_at else None, upstream_seconds)
+        if upstream is not None:
+            self.traffic.record(upstream, exchange.status >= 500, now - exchange.started)
         if self.access_log.enabled and exchange.runtime.access_log.enabled:
             endpoint = exchange.endpoint
             # Raw values only: formatting waits for the batch (see AccessLog.encode).
@@ -338,6 +342,7 @@ class Worker:
                         self.reload("file changed")
                     now = time.monotonic()
                     self.registry.sweep(now)
+                    self.traffic.rotate(now)
                     for upstream in self.runtime.upstreams.values():
                         if upstream.detector is not None:
                             upstream.detector.sweep(now)
@@ -406,6 +411,7 @@ class Worker:
             "transitions": list(self.transitions),
             "circuit_breakers": {name: u.breaker.status() for name, u in self.runtime.upstreams.items()},
             "access": self.access.status(),
+            "traffic": self.traffic.snapshot(now),
             "upstreams": {
                 name: [e.status(now) for e in self.registry.endpoints.values() if e.upstream == name]
                 for name in self.runtime.upstreams
