@@ -558,14 +558,18 @@ class Exchange:
     def try_again(self, condition: str, why: str, status: int = 0) -> bool:
         """A try failed before its response began (`condition`: connect-failure, reset or
         status): send the request again after a backoff when the route's policy covers it,
-        the method and the body allow it, and the upstream affords it. True when it will."""
+        the method and the body allow it, and the upstream affords it. True when it will (or
+        when the route's timeout has passed meanwhile: then the answer is 504)."""
         policy = self.retry_policy
         if policy is None or self.attempt >= policy.attempts or not policy.covers(condition, status):
             return False
         if condition != CONNECT_FAILURE and self.request.method not in IDEMPOTENT and not policy.non_idempotent:
             return False
-        if self.replay is None or (self.deadline and monotonic() >= self.deadline):
+        if self.replay is None:
             return False
+        if self.deadline and monotonic() >= self.deadline:  # the deadline's tick has not come yet
+            self.abandon(504, f"request did not complete within the route's {self.timeout:g}s timeout")
+            return True
         denied = self.breaker.admit_retry(self.retrying)
         if denied is not None:
             self.retry_log += f"{why} (not retried: {denied}),"
