@@ -22,10 +22,10 @@ def transitions(node, source: str = "outlier_detection") -> list[dict]:
 
 
 def test_a_slow_server_is_ejected_and_readmitted_once_its_ejection_ends(node, backend):
-    slow, fast = backend("slow", delay=1.0), backend("fast")
+    slow, fast = backend("slow", delay=3.0), backend("fast")
     port = free_port()
     started = node(app_config([slow.server(), fast.server()], port, upstream={
-        "timeouts": {"read": "200ms"},
+        "timeouts": {"read": "1s"},  # slow: 3 s; fast: well within 1 s even on a loaded machine
         "outlier_detection": {"consecutive_gateway_errors": 2, "base_ejection_time": "1s"}}))
     wait_for(lambda: [get(port)[0] for _ in range(2)] and transitions(started), timeout=15, what="the ejection")
     [ejected] = transitions(started)

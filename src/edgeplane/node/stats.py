@@ -5,22 +5,24 @@ window (six slots of ten seconds); a slot holds counts only — requests, failur
 of 500 or more, the node's own 502/503/504 included), and a histogram of durations in
 buckets 20 % apart — so slots, workers and nodes merge by adding. `summary` turns merged
 counts into what a canary decision needs: success rate and p50/p99 duration. Recording is
-a bisect and three increments; nothing here does I/O.
+a bisect and two increments; nothing here does I/O.
 """
 
 from __future__ import annotations
 
 import bisect
 from collections import deque
+from collections.abc import Callable
 
 SLOT = 10.0   # seconds per slot
 SLOTS = 6     # the window: the current slot and the five before it
 BOUNDS = tuple(round(0.0001 * 1.2 ** n, 7) for n in range(74))  # 0.1 ms .. ~70 s, 20 % apart
-REQUESTS, FAILURES = 0, 1  # the first two counts of a series; the histogram follows
+# A series: the failures, then the count of each bucket (the last one past every bound);
+# the requests are the sum of the buckets.
 
 
 def empty_series() -> list[int]:
-    return [0] * (len(BOUNDS) + 3)
+    return [0] * (len(BOUNDS) + 2)
 
 
 class TrafficWindow:
@@ -29,14 +31,15 @@ class TrafficWindow:
         self.started = now
         self.past: deque[tuple[float, dict[str, list[int]]]] = deque(maxlen=SLOTS - 1)
 
-    def record(self, upstream: str, failed: bool, seconds: float) -> None:
+    def record(self, upstream: str, failed: bool, seconds: float,
+               _bucket: Callable[..., int] = bisect.bisect_left, _bounds: tuple = BOUNDS) -> None:
+        """(The defaults are the module's names as locals: this runs for every request.)"""
         series = self.current.get(upstream)
         if series is None:
             series = self.current[upstream] = empty_series()
-        series[REQUESTS] += 1
         if failed:
-            series[FAILURES] += 1
-        series[2 + bisect.bisect_left(BOUNDS, seconds)] += 1
+            series[0] += 1
+        series[1 + _bucket(_bounds, seconds)] += 1
 
     def rotate(self, now: float) -> None:
         if now - self.started >= SLOT:
@@ -62,7 +65,7 @@ def add(into: dict[str, list[int]], counts: dict[str, list[int]]) -> dict[str, l
 
 def quantile(series: list[int], fraction: float) -> float | None:
     """The upper bound (seconds) of the bucket the `fraction` quantile falls in."""
-    histogram = series[2:]
+    histogram = series[1:]
     rank = fraction * sum(histogram)
     if not rank:
         return None
@@ -77,13 +80,13 @@ def quantile(series: list[int], fraction: float) -> float | None:
 def summary(series: list[int]) -> dict:
     """What a canary decision reads: requests, success rate, p50 and p99 in milliseconds,
     and the non-empty buckets (upper bound in ms → count), which merge across nodes."""
-    requests, failures = series[REQUESTS], series[FAILURES]
+    requests, failures = sum(series[1:]), series[0]
 
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000, 3) if value != float("inf") else None
 
     buckets = {str(round(BOUNDS[i] * 1000, 4)) if i < len(BOUNDS) else "+Inf": n
-               for i, n in enumerate(series[2:]) if n}
+               for i, n in enumerate(series[1:]) if n}
     return {"requests": requests, "failures": failures,
             "success_rate": round(1 - failures / requests, 6) if requests else None,
             "p50_ms": ms(quantile(series, 0.5)), "p99_ms": ms(quantile(series, 0.99)), "buckets_ms": buckets}
