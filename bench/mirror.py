@@ -19,13 +19,21 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 import workload as wl  # noqa: E402
-from procs import Edgeplane, Nginx, Procs, alternate_rounds, comparison_args, free_port, stub_status  # noqa: E402
+from procs import (  # noqa: E402
+    EDGEPLANE,
+    Edgeplane,
+    Nginx,
+    alternate_rounds,
+    comparison_args,
+    free_port,
+    stub_status,
+    workspace,
+)
 
 CONNECTIONS = int(os.environ.get("BENCH_MIRROR_CONNECTIONS", "10"))
 PAUSE_MS = int(os.environ.get("BENCH_MIRROR_PAUSE_MS", "5"))
@@ -54,9 +62,7 @@ def nginx_config(prefix: str, port: int, backend_port: int, shadow_port: int | N
 
 def main() -> int:
     args = comparison_args(__doc__)
-    work = args.workdir or tempfile.mkdtemp(prefix="edgeplane-bench-mirror-")
-    procs = Procs(os.path.join(work, "pids"))
-    exe = os.path.join(os.path.dirname(HERE), ".venv", "bin", "edgeplane")
+    work, procs = workspace(args, "mirror")
     request = os.path.join(work, "request.http")
     with open(request, "wb") as handle:
         handle.write(wl.raw_request(wl.SCENARIO_A_HOST, wl.SCENARIO_A_PATH))
@@ -71,7 +77,7 @@ def main() -> int:
             port = free_port()
             path = os.path.join(work, f"edgeplane-{label}.json")
             wl.write_json(path, edgeplane_config(port, backends["backend"], shadow))
-            proxies[f"edgeplane {label}"] = Edgeplane(procs, exe, path, port, None,
+            proxies[f"edgeplane {label}"] = Edgeplane(procs, EDGEPLANE, path, port, None,
                                                       os.path.join(work, f"edgeplane-{label}.log"), f"edgeplane {label}")
             port, prefix = free_port(), os.path.join(work, f"nginx-{label}")
             proxies[f"nginx {label}"] = Nginx(procs, args.nginx, prefix,
