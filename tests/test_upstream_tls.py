@@ -1,5 +1,6 @@
 """TLS to upstreams: the server's certificate checked (a CA bundle or the system store), the
-SNI name sent, a client certificate for mTLS, and pooled TLS connections reused."""
+SNI name sent, a client certificate for mTLS, and pooled TLS connections reused. One node
+proxies to an upstream of each kind, chosen by Host."""
 
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import trustme
 
-from conftest import app_config, free_port, wait_port
+from conftest import Node, free_port, wait_port
 
 CA = trustme.CA()
 SERVER = CA.issue_cert("backend.test")
-NODE_CLIENT = CA.issue_cert("node.client.test")
+NODE_CLIENT = CA.issue_cert("node.client.test", common_name="node.client.test")
 
 
 class TlsBackend:
@@ -61,16 +62,34 @@ class TlsBackend:
         self.server.server_close()
 
 
-@pytest.fixture
-def backend_tls():
-    servers: list[TlsBackend] = []
+# name → (backend, upstream tls): one node proxies to each, chosen by Host `<name>.test`
+UPSTREAMS = {
+    "verified": ("plain", {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"}),
+    "unknown-ca": ("plain", {"server_name": "backend.test"}),  # the system store does not know the test CA
+    "wrong-name": ("plain", {"ca": CA.cert_pem.bytes().decode(), "server_name": "other.test"}),
+    "unverified": ("plain", {"verify": False}),
+    "with-cert": ("mtls", {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test", "certificate": "to-backend"}),
+    "without-cert": ("mtls", {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"}),
+}
 
-    def start(**options: bool) -> TlsBackend:
-        servers.append(TlsBackend(**options))
-        return servers[-1]
-    yield start
-    for server in servers:
-        server.stop()
+
+@pytest.fixture(scope="module")
+def tls_upstreams(tmp_path_factory):
+    backends = {"plain": TlsBackend(), "mtls": TlsBackend(require_client_cert=True)}
+    port = free_port()
+    config = {
+        "certificates": [{"name": "to-backend", **pem(NODE_CLIENT)}],
+        "upstreams": [{"name": name, "servers": [{"address": "127.0.0.1", "port": backends[backend].port}], "tls": tls}
+                      for name, (backend, tls) in UPSTREAMS.items()],
+        "applications": [{"name": name, "domains": [f"{name}.test"], "ports": [port],
+                          "rules": [{"actions": [{"proxy": {"upstream": name}}]}]} for name in UPSTREAMS],
+    }
+    node = Node(tmp_path_factory.mktemp("upstream-tls"), config)
+    wait_port(port)
+    yield port, node
+    node.stop()
+    for backend in backends.values():
+        backend.stop()
 
 
 def pem(cert: trustme.LeafCert) -> dict:
@@ -78,55 +97,39 @@ def pem(cert: trustme.LeafCert) -> dict:
             "key": cert.private_key_pem.bytes().decode()}
 
 
-def start(node, backend: TlsBackend, tls: dict, certificates: list | None = None):
-    port = free_port()
-    config = app_config([{"address": "127.0.0.1", "port": backend.port}], port, upstream={"tls": tls})
-    if certificates:
-        config["certificates"] = certificates
-    node(config)
-    wait_port(port)
-    return port
-
-
-def get(port: int, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    conn.request("GET", "/", headers={"Host": "app.test"})
+def get(port: int, upstream: str, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/", headers={"Host": f"{upstream}.test"})
     response = conn.getresponse()
     return response.status, response.read()
 
 
-def test_a_verified_tls_upstream_gets_its_name_and_pooled_connections_are_reused(node, backend_tls):
-    backend = backend_tls()
-    port = start(node, backend, {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"})
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    answers = [json.loads(get(port, conn)[1]) for _ in range(3)]
+def test_a_verified_tls_upstream_gets_its_name_and_pooled_connections_are_reused(tls_upstreams):
+    port, _ = tls_upstreams
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    answers = [json.loads(get(port, "verified", conn)[1]) for _ in range(3)]
     assert {a["sni"] for a in answers} == {"backend.test"}
     assert len({a["port"] for a in answers}) == 1  # one TLS connection carried all three
 
 
-def test_a_server_the_ca_does_not_vouch_for_is_a_502(node, backend_tls):
-    backend = backend_tls()
-    port = start(node, backend, {"server_name": "backend.test"})  # the system store does not know the test CA
-    assert get(port)[0] == 502
+def test_a_server_the_ca_does_not_vouch_for_is_a_502(tls_upstreams):
+    port, _ = tls_upstreams
+    assert get(port, "unknown-ca")[0] == 502
 
 
-def test_a_name_the_certificate_does_not_hold_is_a_502(node, backend_tls):
-    backend = backend_tls()
-    port = start(node, backend, {"ca": CA.cert_pem.bytes().decode(), "server_name": "other.test"})
-    assert get(port)[0] == 502
+def test_a_name_the_certificate_does_not_hold_is_a_502(tls_upstreams):
+    port, _ = tls_upstreams
+    assert get(port, "wrong-name")[0] == 502
 
 
-def test_verification_can_be_turned_off(node, backend_tls):
-    backend = backend_tls()
-    port = start(node, backend, {"verify": False})
-    assert get(port)[0] == 200
+def test_verification_can_be_turned_off(tls_upstreams):
+    port, _ = tls_upstreams
+    assert get(port, "unverified")[0] == 200
 
 
-def test_the_node_presents_its_client_certificate_to_an_mtls_upstream(node, backend_tls):
-    backend = backend_tls(require_client_cert=True)
-    tls = {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test", "certificate": "to-backend"}
-    port = start(node, backend, tls, [{"name": "to-backend", **pem(NODE_CLIENT)}])
-    status, body = get(port)
-    assert status == 200 and json.loads(body)["client"] is not None
-    without = start(node, backend, {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"})
-    assert get(without)[0] == 502
+def test_the_node_presents_its_client_certificate_to_an_mtls_upstream(tls_upstreams):
+    port, _ = tls_upstreams
+    status, body = get(port, "with-cert")
+    assert status == 200 and json.loads(body)["client"]["commonName"] == "node.client.test"
+    assert get(port, "without-cert")[0] == 502
+
