@@ -8,6 +8,7 @@ import http.client
 import json
 import ssl
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -70,7 +71,10 @@ UPSTREAMS = {
     "unverified": ("plain", {"verify": False}),
     "with-cert": ("mtls", {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test", "certificate": "to-backend"}),
     "without-cert": ("mtls", {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"}),
+    "checked": ("plain", {"ca": CA.cert_pem.bytes().decode(), "server_name": "backend.test"}),
+    "checked-wrong-name": ("plain", {"ca": CA.cert_pem.bytes().decode(), "server_name": "other.test"}),
 }
+CHECK = {"interval": "200ms", "timeout": "2s", "rise": 1, "fall": 1}
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +83,8 @@ def tls_upstreams(tmp_path_factory):
     port = free_port()
     config = {
         "certificates": [{"name": "to-backend", **pem(NODE_CLIENT)}],
-        "upstreams": [{"name": name, "servers": [{"address": "127.0.0.1", "port": backends[backend].port}], "tls": tls}
+        "upstreams": [{"name": name, "servers": [{"address": "127.0.0.1", "port": backends[backend].port}], "tls": tls,
+                       **({"health_check": CHECK} if name.startswith("checked") else {})}
                       for name, (backend, tls) in UPSTREAMS.items()],
         "applications": [{"name": name, "domains": [f"{name}.test"], "ports": [port],
                           "rules": [{"actions": [{"proxy": {"upstream": name}}]}]} for name in UPSTREAMS],
@@ -133,3 +138,16 @@ def test_the_node_presents_its_client_certificate_to_an_mtls_upstream(tls_upstre
     assert status == 200 and json.loads(body)["client"]["commonName"] == "node.client.test"
     assert get(port, "without-cert")[0] == 502
 
+
+def test_active_health_checks_of_a_tls_upstream_speak_tls_and_verify_the_server(tls_upstreams):
+    _, node = tls_upstreams
+    deadline = time.monotonic() + 30
+    while True:
+        checks = node.status()["health_checks"]
+        verdicts = {name: next(iter(checks[name].values())) for name in ("checked", "checked-wrong-name")}
+        if all(v["state"] != "unchecked" for v in verdicts.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert verdicts["checked"]["state"] == "healthy"
+    assert verdicts["checked-wrong-name"]["state"] == "unhealthy"
+    assert "CERTIFICATE_VERIFY_FAILED" in verdicts["checked-wrong-name"]["cause"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import httptools
 
 from ..model.config import Config, HealthCheck, status_set
+from .tls import upstream_context, upstream_server_name
 
 SOURCE = "health_check"
 BODY_LIMIT = 64 * 1024  # of a probe's answer, read for the body match
@@ -29,7 +31,8 @@ Key = tuple[str, str, int]  # upstream, server address, server port
 
 @dataclass(frozen=True)
 class Target:
-    """One server's check, everything prepared: the probe's bytes, the statuses that pass."""
+    """One server's check, everything prepared: the probe's bytes, the statuses that pass,
+    and for a TLS upstream the client context and server name its traffic uses."""
 
     upstream: str
     address: str
@@ -38,6 +41,7 @@ class Target:
     request: bytes
     statuses: frozenset[int]
     body: re.Pattern[bytes] | None
+    tls: tuple[ssl.SSLContext, str] | None = None
 
     @property
     def label(self) -> str:
@@ -45,19 +49,24 @@ class Target:
 
 
 def targets(config: Config) -> dict[Key, Target]:
+    """A TLS upstream's servers are probed over TLS, verified as its traffic is."""
     found: dict[Key, Target] = {}
+    certificates = {c.name: c for c in config.certificates}
     for upstream in config.upstreams:
         check = upstream.health_check
         if check is None:
             continue
         statuses = status_set(check.statuses)
         body = re.compile(check.body.encode()) if check.body is not None else None
+        tls = upstream.tls
+        context = upstream_context(tls, certificates.get(tls.certificate)) if tls is not None else None
         for server in upstream.servers:
             host = check.host or upstream.host or server.address
             request = (f"{check.method} {check.path} HTTP/1.1\r\nHost: {host}\r\n"
                        "User-Agent: edgeplane-health-check\r\nConnection: close\r\n\r\n").encode("latin-1")
             found[(upstream.name, server.address, server.port)] = Target(
-                upstream.name, server.address, server.port, check, request, statuses, body)
+                upstream.name, server.address, server.port, check, request, statuses, body,
+                (context, upstream_server_name(upstream, server)) if context is not None else None)
     return found
 
 
@@ -101,7 +110,8 @@ async def probe(target: Target) -> str | None:
 
 
 async def _probe(target: Target, port: int) -> str | None:
-    reader, writer = await asyncio.open_connection(target.address, port)
+    context, server_name = target.tls or (None, None)
+    reader, writer = await asyncio.open_connection(target.address, port, ssl=context, server_hostname=server_name)
     try:
         if target.check.type == "tcp":
             return None

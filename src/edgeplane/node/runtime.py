@@ -28,7 +28,7 @@ from .endpoints import EndpointRegistry
 from .locate import PrefixTable, locator
 from .outlier import OutlierDetector
 from .retry import retry_policy
-from .tls import NameCache, Site, TlsTable, compile_tls
+from .tls import NameCache, Site, TlsTable, compile_tls, upstream_server_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,10 +100,9 @@ def compile_runtime(config: Config, registry: EndpointRegistry, partition: str =
         tls = upstream.tls
         context = names.upstream(tls, certificates.get(tls.certificate)) if tls is not None else None
         for server in upstream.servers:
-            server_name = (tls.server_name or upstream.host or server.address) if tls is not None else None
             # With outlier detection, a server is not also taken out by its first failure.
             endpoint = registry.get(upstream.name, server, upstream.pool, max_fails=0 if detection else 1,
-                                    tls=(context, server_name) if context else None)
+                                    tls=(context, upstream_server_name(upstream, server)) if context else None)
             endpoint.detector = None
             (backups if server.backup else primaries).append((endpoint, server.weight))
         everyone = [endpoint for endpoint, _ in primaries + backups]

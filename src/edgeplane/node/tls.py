@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..model.config import Application, Certificate, TlsPolicy, UpstreamTls
+from ..model.config import Application, Certificate, Server, TlsPolicy, Upstream, UpstreamTls
 from .acme import acme_paths
 from .clienthello import ClientHello, ja4
 from .domains import DomainTable
@@ -316,6 +316,12 @@ def identity_of(der: bytes) -> Identity:
 
 
 # --- TLS to upstreams -------------------------------------------------------------------
+
+
+def upstream_server_name(upstream: Upstream, server: Server) -> str:
+    """The name a TLS upstream's server is asked for (SNI) and verified against: the one
+    configured, else the upstream's Host, else the server's address."""
+    return upstream.tls.server_name or upstream.host or server.address
 
 
 def upstream_context(settings: UpstreamTls, client: Certificate | None) -> ssl.SSLContext:
