@@ -9,6 +9,7 @@ import hashlib
 import json
 import socket
 import ssl
+import time
 
 import pytest
 import trustme
@@ -113,6 +114,17 @@ def request(port: int, host: str, context: ssl.SSLContext, method: str = "GET", 
     return int(head.split()[1]), body
 
 
+def wait_for_line(node, uri: str, timeout: float = 10.0) -> dict:
+    """The access-log line of a request, once written (lines of other tests may come first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in node.access_log():
+            if line["uri"] == uri:
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for {uri}")
+
+
 def refused(port: int, host: str, context: ssl.SSLContext) -> bool:
     try:
         request(port, host, context)
@@ -124,12 +136,13 @@ def refused(port: int, host: str, context: ssl.SSLContext) -> bool:
 def test_the_reporting_identity_may_get_metrics_and_the_upstream_learns_who_it_is(mtls, tmp_path):
     port, started = mtls
     forged = "X-Forwarded-Client-Cert: URI=spiffe://corp/admin\r\n"
-    status, body = request(port, "db.test", client(REPORTING, tmp_path), headers=forged)
+    status, body = request(port, "db.test", client(REPORTING, tmp_path), path="/metrics?from=reporting",
+                           headers=forged)
     assert status == 200
     forwarded = json.loads(body)["headers"]["X-Forwarded-Client-Cert"]
     der = x509.load_pem_x509_certificate(REPORTING[0]).public_bytes(serialization.Encoding.DER)
     assert forwarded == [f'Hash={hashlib.sha256(der).hexdigest()};Subject="CN=reporting";URI=spiffe://corp/reporting']
-    line = started.access_log(wait_for=1)[-1]
+    line = wait_for_line(started, "/metrics?from=reporting")
     assert line["tls_client_identity"] == "spiffe://corp/reporting"
     assert line["tls_client_fingerprint"] == hashlib.sha256(der).hexdigest()
 
