@@ -17,6 +17,7 @@ CA = trustme.CA()
 MODERN = CA.issue_cert("modern.test")
 LEGACY = CA.issue_cert("legacy.test")
 AES128 = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"]
+ROTATE, OVERLAP = 2.0, 6.0  # seconds: ticket keys of the test node
 
 
 def pem(cert: trustme.LeafCert) -> dict:
@@ -62,8 +63,8 @@ def policy_config(https: int, plain: int, tickets: dict) -> dict:
 def tls_node(tmp_path_factory):
     from conftest import Node
     https, plain = free_port(), free_port()
-    started = Node(tmp_path_factory.mktemp("tls-policy"), policy_config(https, plain, {"rotate": "1s", "overlap": "2s"}),
-                   workers=2)
+    started = Node(tmp_path_factory.mktemp("tls-policy"),
+                   policy_config(https, plain, {"rotate": f"{ROTATE:g}s", "overlap": f"{OVERLAP:g}s"}), workers=2)
     wait_port(https)
     yield https, plain, started
     started.stop()
@@ -114,11 +115,16 @@ def test_a_session_resumes_on_every_worker_of_the_node(tls_node):
 def test_a_ticket_outlives_its_keys_rotation_for_the_overlap_and_no_longer(tls_node):
     https, _, _ = tls_node
     context = client()
-    issued = time.time()
+    before = time.time()
     session = handshake(https, "modern.test", context, request=True).session
-    time.sleep(max(0.0, issued + 1.2 - time.time()))  # its key is no longer the one in force
+    after = time.time()
+    # The issuing key took over at some `start` in (before - ROTATE, after] and opens tickets
+    # until start + ROTATE + OVERLAP: in force no longer after `after + ROTATE`, still
+    # accepted before `before + OVERLAP`, refused from `after + ROTATE + OVERLAP` on.
+    time.sleep(max(0.0, after + ROTATE - time.time()))
     assert handshake(https, "modern.test", context, session=session).session_reused
-    time.sleep(max(0.0, issued + 3.3 - time.time()))  # rotate + overlap have passed
+    assert time.time() < before + OVERLAP, "the machine was too slow for this test to say anything"
+    time.sleep(max(0.0, after + ROTATE + OVERLAP + 0.2 - time.time()))
     assert not handshake(https, "modern.test", context, session=session).session_reused
 
 
