@@ -140,7 +140,6 @@ class Canaries:
         self.store = releases.store
         self.traffic = TrafficReports()
         self.me = identity or f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
-        self.cadence: dict[str, float] = {}  # partition → seconds between node reports
         self.parsed: dict[str, Any] = {}  # blob hash → Canary / CanaryWeight
         self.manifests: dict[str, tuple[int, dict, dict]] = {}  # partition → its latest release's canaries
         self.pruned = 0.0
@@ -191,7 +190,15 @@ class Canaries:
         return self.parsed[digest].weight if digest is not None else None
 
     def report_interval(self, partition: str) -> float:
-        return self.cadence.get(partition, REPORT_IDLE)
+        """How often the partition's nodes report: often while its latest release has a canary
+        weight (the release that starts a canary makes its nodes report at once, and they
+        learn this from the answer), rarely otherwise."""
+        with self.store.reading() as connection:
+            latest = self.releases.latest(connection, partition)
+            if latest is None:
+                return REPORT_IDLE
+            specs, weights = self.canaries_in(connection, partition, latest.version)
+        return min([report_every(self.parsed[specs[n]]) for n in weights if n in specs], default=REPORT_IDLE)
 
     # --- the controller ----------------------------------------------------------------
 
@@ -207,12 +214,6 @@ class Canaries:
         now = now or time.time()
         with self.store.reading() as connection:
             released, runs = self.released(connection), self.runs(connection)
-        cadence: dict[str, float] = {}
-        for name, run in runs.items():
-            spec = released[name].spec if name in released else None
-            if spec is not None and run.phase in ("progressing", "paused"):
-                cadence[run.partition] = min(cadence.get(run.partition, REPORT_IDLE), report_every(spec))
-        self.cadence = cadence
         for name in sorted({*released, *runs}):
             try:
                 self.drive(name, released.get(name), runs.get(name), now)

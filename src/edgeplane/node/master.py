@@ -7,8 +7,9 @@ control socket and merging. It also runs what a node does once rather than once 
 worker — TLS ticket keys, the active health checks, ACME orders — from each config it
 sees (`apply_config`), and tells the workers the health verdicts and new certificates.
 A node joined to an admin also runs the sync client here: it stores each release in the
-local store (which replaces the config file) and tells the workers to reload. It never
-touches client traffic.
+local store (which replaces the config file) and tells the workers to reload; and it
+reports each upstream's traffic to the admin (node/traffic.py). It never touches client
+traffic.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Master:
                  access_log: str | None, data_dir: str | None = None, admin: str | None = None,
                  join_token: str | None = None, name: str | None = None):
         self.sync = None
+        self.reporter = None  # the traffic reports of a node synced with an admin (node/traffic.py)
         self.builder = ConfigBuilder()
         if admin is not None:
             from .sync import SyncClient  # httpx: only nodes synced with an admin load it
@@ -249,6 +251,8 @@ class Master:
         for answer in answers:
             if answer is not None and not answer["ok"]:
                 log("release_rejected", version=version, error=answer["last_error"])
+        if self.reporter is not None:
+            self.reporter.wake()
         return min(versions) if versions else 0
 
     async def report(self) -> dict:
@@ -260,6 +264,11 @@ class Master:
             "workers": [{k: w[k] for k in ("worker", "pid", "version", "connections", "reloads")} for w in workers],
             "metrics": [w["metrics"] for w in workers],  # each worker's snapshot: telemetry.merge adds them up
         }
+
+    async def traffic_totals(self) -> list[dict]:
+        """Each worker's traffic counts since it started (node/traffic.py reports the difference)."""
+        answers = await asyncio.gather(*(self.ask(i, line=b"traffic\n") for i in range(self.count)))
+        return [a for a in answers if a is not None]
 
     def sync_ended(self, task: asyncio.Task) -> None:
         """The sync client only ends by an error it cannot go on from (the node cannot join)."""
@@ -431,6 +440,9 @@ class Master:
         if self.sync is not None:
             syncing = asyncio.ensure_future(self.sync.run())
             syncing.add_done_callback(self.sync_ended)
+            from .traffic import TrafficReporter  # httpx, as the sync client
+            self.reporter = TrafficReporter(self.sync.admin, self.sync.identity, self.traffic_totals)
+            self.spawn(self.reporter.run())
             await self.start_status()
             if not await self.first_release(done):
                 syncing.cancel()

@@ -30,6 +30,7 @@ class TrafficWindow:
         self.current: dict[str, list[int]] = {}
         self.started = now
         self.past: deque[tuple[float, dict[str, list[int]]]] = deque(maxlen=SLOTS - 1)
+        self.retired: dict[str, list[int]] = {}  # every slot that left `current`, added up
 
     def record(self, upstream: str, failed: bool, seconds: float,
                _bucket: Callable[..., int] = bisect.bisect_left, _bounds: tuple = BOUNDS) -> None:
@@ -44,7 +45,12 @@ class TrafficWindow:
     def rotate(self, now: float) -> None:
         if now - self.started >= SLOT:
             self.past.append((self.started, self.current))
+            add(self.retired, self.current)
             self.current, self.started = {}, now
+
+    def totals(self) -> dict[str, list[int]]:
+        """Counts per upstream since the worker started (what traffic reports difference)."""
+        return add(add({}, self.retired), self.current)
 
     def snapshot(self, now: float) -> dict:
         """Counts per upstream over the whole window, and the seconds it covers."""
@@ -85,8 +91,12 @@ def summary(series: list[int]) -> dict:
     def ms(value: float | None) -> float | None:
         return None if value is None else round(value * 1000, 3) if value != float("inf") else None
 
-    buckets = {str(round(BOUNDS[i] * 1000, 4)) if i < len(BOUNDS) else "+Inf": n
-               for i, n in enumerate(series[1:]) if n}
     return {"requests": requests, "failures": failures,
             "success_rate": round(1 - failures / requests, 6) if requests else None,
-            "p50_ms": ms(quantile(series, 0.5)), "p99_ms": ms(quantile(series, 0.99)), "buckets_ms": buckets}
+            "p50_ms": ms(quantile(series, 0.5)), "p99_ms": ms(quantile(series, 0.99)),
+            "buckets_ms": buckets_ms(series)}
+
+
+def buckets_ms(series: list[int]) -> dict[str, int]:
+    """The non-empty buckets of a series, upper bound in ms (or +Inf) → count."""
+    return {str(round(BOUNDS[i] * 1000, 4)) if i < len(BOUNDS) else "+Inf": n for i, n in enumerate(series[1:]) if n}

@@ -393,6 +393,8 @@ class Worker:
                 answer: dict = {"applied": self.registry.apply_health(json.loads(payload))}
             elif command == b"certificates":  # the master issued or renewed certificates
                 answer = {"reloaded": self.reload("certificates changed", force=True)}
+            elif command == b"traffic":  # the master's traffic report to the admin (node/traffic.py)
+                answer = {"worker": self.index, "pid": os.getpid(), "upstreams": self.traffic.totals()}
             elif command == b"reload":  # the master stored a new release
                 current = self.store is not None and str(self.store.version) == self.runtime.version
                 answer = {"ok": current or self.reload("release stored"), "version": self.runtime.version,
