@@ -2,7 +2,7 @@
 
 A canary owns the routing of one rule: while its weight is released, the rule's final
 `proxy: {upstream: stable}` becomes a `split` of stable and canary by that weight (with the
-canary's sticky key), and a copy of the rule with the canary's `match` conditions, placed
+canary's sticky key or cookie), and a copy of the rule with the canary's `match` conditions, placed
 just before it, proxies to the canary. The rule as its author wrote it is never edited: a
 canary without a released weight (not started, rolled back, aborted) leaves it as it is.
 Pure model to model; the node compiles the result like any other rules.
@@ -49,5 +49,5 @@ def split_of(canary: Canary, proxy: Proxy, weight: int) -> Split:
     """Stable first, canary last: with a sticky key, users only move toward the canary as it grows."""
     return Split(upstreams=[WeightedUpstream(upstream=canary.stable, weight=100 - weight),
                             WeightedUpstream(upstream=canary.canary, weight=weight)],
-                 sticky=canary.sticky, timeout=proxy.timeout, backend_timeout=proxy.backend_timeout,
-                 retry=proxy.retry)
+                 sticky=canary.sticky, cookie=canary.cookie, cookie_max_age=canary.cookie_max_age,
+                 timeout=proxy.timeout, backend_timeout=proxy.backend_timeout, retry=proxy.retry)

@@ -1196,8 +1196,8 @@ class Canary(Model):
     of one rule (which proxies to `stable`) — `step_weight` more after each `interval` whose
     figures, measured by the partition's nodes, pass the thresholds — promotes it after
     `max_weight`, and rolls it back after `max_failed_checks` failed checks. `match` sends
-    matching requests to the canary at any weight; `sticky` or `cookie` keep a user on one
-    version (as in `split`). See docs/canary.md."""
+    matching requests to the canary at any weight; `sticky` and `cookie` (`cookie_max_age`)
+    keep a user on one version, as in `split`. See docs/canary.md."""
 
     name: Name
     partitions: list[Name] = Field(default_factory=lambda: ["default"], min_length=1, max_length=1,
@@ -1217,6 +1217,8 @@ class Canary(Model):
     match: list[Condition] = Field(default_factory=list, description="requests matching all of these go to the "
                                                                      "canary whatever the weight")
     sticky: HashKey | None = None
+    cookie: CookieName | None = None
+    cookie_max_age: Duration | None = None
 
     @model_validator(mode="after")
     def _steps(self) -> Canary:
@@ -1226,6 +1228,8 @@ class Canary(Model):
             raise ValueError("interval: at least 0.5s (nodes need time to apply a step and report on it)")
         if self.stable == self.canary:
             raise ValueError("stable and canary are the same upstream")
+        if self.cookie_max_age is not None and self.cookie is None:
+            raise ValueError("cookie_max_age needs cookie: the name of the cookie that pins a client")
         return self
 
 
