@@ -8,9 +8,18 @@ from __future__ import annotations
 
 import http.client
 import json
+import subprocess
+import sys
+import threading
+import time
 from collections import Counter
 
-from conftest import free_port
+import pytest
+
+from edgeplane.admin.canary import LEASE
+
+from admin_harness import TOKEN, AdminProcess, SyncedNode, get, store_for, wait_until
+from conftest import ENV, free_port
 
 
 def shop_config(port: int, stable, canary, weight: int | None = None) -> dict:
@@ -57,3 +66,167 @@ def test_a_released_weight_compiles_the_canary_into_its_rule_and_no_weight_leave
     started.write_config(shop_config(port, stable, canary, weight=100))
     started.wait_version_change(old)
     assert {pod(port, {"X-Canary-User": f"user-{n}"}) for n in range(20)} == {"canary"}
+
+
+# --- the controller of a real admin, real nodes reporting ------------------------------------
+
+
+class Load:
+    """Requests at a steady pace to a node's port from a thread, counting who answered."""
+
+    def __init__(self, port: int, per_second: float = 100.0):
+        self.port, self.pause = port, 1 / per_second
+        self.answers: Counter = Counter()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.answers[pod(self.port)] += 1
+            except OSError:
+                self.answers["unreachable"] += 1
+            time.sleep(self.pause)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def platform(tmp_path, backend):
+    """An admin process on SQLite with the shop released, its canary drafted, nodes joined;
+    load on every node while the test runs."""
+    started: list = []
+
+    def start(canary_error_rate: float = 0.0, nodes: int = 1, **spec):
+        directory = tmp_path / "admin"
+        directory.mkdir()
+        admin = AdminProcess(directory, None)
+        started.append(admin)
+        sdk = admin.sdk()
+        stable, canary = backend("stable"), backend("canary", error_rate=canary_error_rate)
+        port = free_port()
+        config = shop_config(port, stable, canary)
+        for kind in ("upstreams", "applications"):
+            for item in config[kind]:
+                sdk.create(kind, item)
+        sdk.patch("clusters", "default", {"auto_approve": True})
+        first = sdk.release(note="the shop, before the canary")["version"]
+        token = sdk.join_token()["token"]
+        synced = []
+        for index in range(nodes):
+            (tmp_path / f"n{index}").mkdir()
+            synced.append(SyncedNode(tmp_path / f"n{index}", admin.url, token, f"n{index}"))
+            started.append(synced[-1])
+        for node in synced:
+            node.wait_serving(first)
+        spec = {**config["canaries"][0], "match": [], "interval": "1500ms", "min_requests": 20,
+                "min_success_rate": 0.95, "max_failed_checks": 2, **spec}
+        sdk.create("canaries", spec)
+        started.extend(Load(port) for _ in synced)
+        return admin, sdk, synced, port
+    yield start
+    for process in reversed(started):
+        process.stop()
+
+
+def verdicts(decisions: list[dict]) -> list[tuple[str, int]]:
+    """(action, weight after), oldest first; waits for enough requests left out (a loaded
+    machine may send fewer in a window)."""
+    return [(d["action"], d["weight_to"]) for d in reversed(decisions) if d["action"] != "wait"]
+
+
+def decisions_until(sdk, action: str, timeout: float) -> list[dict]:
+    return wait_until(lambda: (d := sdk.canary_decisions("orders", 100)) and d[0]["action"] == action and d,
+                      timeout, f"the canary's decision {action!r}")
+
+
+def test_an_injected_5xx_rate_rolls_the_canary_back_and_the_decision_names_the_threshold(platform, tmp_path):
+    _admin, sdk, (node,), port = platform(canary_error_rate=0.4, step_weight=30)
+    sdk.release(note="start the canary")
+    decisions = decisions_until(sdk, "rollback", 30)
+    rollback = decisions[0]
+    assert verdicts(decisions) == [("start", 30), ("hold", 30), ("rollback", 0)]
+    assert rollback["figures"]["crossed"] == ["min_success_rate"]
+    assert "is below min_success_rate 95.00 %" in rollback["reasons"][0]
+    canary = rollback["figures"]["canary"]
+    assert canary["requests"] >= 20 and 0.45 <= canary["success_rate"] <= 0.75, canary
+    assert rollback["figures"]["stable"]["success_rate"] == 1.0
+    assert [n["name"] for n in rollback["figures"]["nodes"]] == ["n0"]
+    node.wait_serving(rollback["release"])
+    assert {pod(port) for _ in range(30)} == {"stable"}, "the traffic is back on stable"
+    status = cli("canary", "status", "orders", admin=_admin)
+    assert "rolled_back" in status and "below min_success_rate" in status
+
+
+def test_a_healthy_canary_is_promoted_step_by_step_each_step_a_release_the_nodes_apply(platform):
+    _admin, sdk, nodes, port = platform(nodes=2, step_weight=25, max_weight=75)
+    sdk.release(note="start the canary")
+    sdk.create("applications", {"name": "pending", "domains": ["pending.example"], "ports": [port],
+                                "rules": [{"actions": [{"respond": {"body": "not released"}}]}]})
+    decisions = decisions_until(sdk, "promote", 40)
+    assert verdicts(decisions) == [("start", 25), ("advance", 50), ("advance", 75), ("promote", 100)]
+    steps = [r["version"] for r in sdk.releases(limit=20) if r["actor"] == "canary:orders"]
+    assert sorted(steps) == [d["release"] for d in reversed(decisions) if d["release"]]
+    for node in nodes:
+        node.wait_serving(steps[0])
+        applied = node.log_text()
+        assert all(f'"event": "release_applied", "version": {step},' in applied for step in steps), applied
+    checks = [d for d in decisions if d["action"] in ("advance", "promote")]
+    assert {n["name"] for d in checks for n in d["figures"]["nodes"] if n["state"] == "reporting"} == {"n0", "n1"}, \
+        [d["figures"]["nodes"] for d in checks]
+    for check in checks:
+        assert check["figures"]["canary"]["requests"] == sum(n["requests"].get("orders-v2", 0)
+                                                             for n in check["figures"]["nodes"]), "merged"
+    assert {pod(port) for _ in range(30)} == {"canary"}
+    assert [c["name"] for c in sdk.pending()["changes"]] == ["pending"], "the human's change is still pending"
+    assert all(get(port, host="pending.example")[1] != b"not released" for _ in range(5))
+
+
+class Nowhere:
+    """An upstream no request reaches (nothing serves this test's traffic)."""
+
+    def server(self) -> dict:
+        return {"address": "127.0.0.1", "port": 9}
+
+
+def cli(*args: str, admin) -> str:
+    result = subprocess.run([sys.executable, "-m", "edgeplane", *args, "--admin", admin.url, "--token", TOKEN],
+                            env=ENV, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_on_postgresql_one_admin_drives_a_canary_and_another_goes_on_where_it_was_when_it_dies(tmp_path):
+    store, cleanup = store_for("postgresql", tmp_path)
+    admins = []
+    try:
+        for index in range(2):
+            (tmp_path / f"admin{index}").mkdir()
+            admins.append(AdminProcess(tmp_path / f"admin{index}", store, bootstrap=index == 0))
+        sdk = admins[0].sdk()
+        config = shop_config(free_port(), Nowhere(), Nowhere())
+        for kind in ("upstreams", "applications"):
+            for item in config[kind]:
+                sdk.create(kind, item)
+        sdk.create("canaries", {**config["canaries"][0], "interval": "1s", "min_requests": 1000})
+        sdk.release()
+        waits = wait_until(lambda: len(d := sdk.canary_decisions("orders")) >= 4 and d, 20, "checks that wait")
+        assert {d["admin"] for d in waits[:3]} == {waits[0]["admin"]}, "one admin drives the canary"
+        leader = next(a for a in admins if f":{a.proc.pid}:" in waits[0]["admin"])
+        survivor = next(a for a in admins if a is not leader)
+        leader.kill()
+        other = survivor.sdk()
+        taken = wait_until(lambda: (d := other.canary_decisions("orders"))[0]["admin"] != waits[0]["admin"] and d,
+                           LEASE + 10, "the other admin driving the canary")
+        assert f":{survivor.proc.pid}:" in taken[0]["admin"]
+        status = other.canary_status("orders")["run"]
+        assert (status["run"], status["phase"], status["weight"]) == (1, "progressing", 10), "the same run, same step"
+        assert [d["action"] for d in taken if d["run"] == 1][-1] == "start" and taken[0]["action"] == "wait"
+        assert len([d for d in taken if d["action"] == "start"]) == 1
+    finally:
+        for admin in admins:
+            admin.stop()
+        cleanup()
