@@ -80,7 +80,10 @@ def test_a_check_names_the_threshold_it_crossed_and_rolls_back_after_max_failed_
     assert (rolled.action, rolled.weight) == ("rollback", 0) and "rolled back" in rolled.reasons[-1]
     slow = judge(spec, 25, 0, Series(100, 0, {"12.4": 90, "248.8": 10}))
     assert slow.crossed == ("max_p99",) and "p99 248.8 ms is above max_p99 200 ms" in slow.reasons[1]
-    assert judge(spec, 25, 0, Series(19, 0, {"12.4": 19})).action == "wait"
+    assert judge(spec, 25, 0, Series(19, 1, {"12.4": 19})).action == "wait", "19 of 20 could still pass 95 %"
+    early = judge(spec, 25, 0, Series(10, 5, {"12.4": 10}))
+    assert (early.action, early.crossed) == ("hold", ("min_success_rate",)), "no wait when the verdict is certain"
+    assert "even if the next 10 succeeded, the success rate would be 75.00 %" in early.reasons[0]
     assert (judge(spec, 25, 0, Series(100, 1, {"12.4": 100})).action, judge(spec, 50, 0, Series(100, 1, {"12.4": 100})
                                                                           ).weight) == ("advance", 100)
 

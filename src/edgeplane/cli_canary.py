@@ -51,7 +51,12 @@ def _rate(rate: float | None) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:g} ms"
+    return "-" if value is None else f"{value:.3g} ms"
+
+
+def _duration(value: float | str) -> str:
+    """A duration as the spec's JSON has it: seconds, or text such as 250ms."""
+    return f"{value:g}s" if isinstance(value, (int, float)) else value
 
 
 def figures_text(side: dict) -> str:
@@ -65,20 +70,20 @@ def status_text(status: dict, shown: int) -> str:
              + (f"{run['phase']}, run {run['run']}, weight {_weight(status['released_weight'])}" if run
                 else "not running: release its partition to start it")]
     if spec:
-        p99 = f", p99 ≤ {spec['max_p99']}" if spec.get("max_p99") is not None else ""
+        p99 = f", p99 ≤ {_duration(spec['max_p99'])}" if spec.get("max_p99") is not None else ""
         lines.append(f"  rule {spec['rule']!r} of application {spec['application']}: {spec['stable']} (stable) → "
                      f"{spec['canary']} (canary)")
         lines.append(f"  steps of {spec.get('step_weight', 10)} % up to {spec.get('max_weight', 50)} %, every "
-                     f"{spec.get('interval', 60)}; success rate ≥ {_rate(spec.get('min_success_rate', 0.99))}{p99}, "
+                     f"{_duration(spec.get('interval', 60))}; success rate ≥ "
+                     f"{_rate(spec.get('min_success_rate', 0.99))}{p99}, "
                      f"≥ {spec.get('min_requests', 100)} requests per check; rolled back after "
                      f"{spec.get('max_failed_checks', 2)} failed checks")
     if status["pending_spec_change"]:
         lines.append("  (the draft changes this canary: it takes effect, as a new run, when released)")
     if run:
-        due = run["next_check_at"] - time.time()
-        lines.append(f"  failed checks {run['failed_checks']}"
-                     + (f"; next check in {max(due, 0):.0f}s" if run["phase"] == "progressing" else "")
-                     + f"; driven by {run['leader'] or '-'}" + ("" if run["lease_held"] else " (lease expired)"))
+        driving = f"; next check in {max(run['next_check_at'] - time.time(), 0):.0f}s, driven by admin " \
+                  f"{run['leader']}" if run["phase"] == "progressing" else ""
+        lines.append(f"  failed checks {run['failed_checks']}{driving}")
     figures = status["figures"]
     if figures:
         lines.append(f"current step, the last {figures['window']['seconds']:.0f}s:")

@@ -69,11 +69,18 @@ class Verdict:
 def judge(spec: Canary, weight: int, failed_checks: int, canary: Series) -> Verdict:
     """What a check of the canary's figures over one step decides."""
     figures = canary.summary()
-    if canary.requests < spec.min_requests:
-        return Verdict("wait", weight, (), (
-            f"{canary.requests} canary request(s) in the window, min_requests is {spec.min_requests}: "
-            "no verdict yet; the window goes on",))
     crossed, reasons = [], []
+    if canary.requests < spec.min_requests:
+        best = 1 - canary.failures / spec.min_requests  # had every request still missing succeeded
+        if best >= spec.min_success_rate:
+            return Verdict("wait", weight, (), (
+                f"{canary.requests} canary request(s) in the window, min_requests is {spec.min_requests}: "
+                "no verdict yet; the window goes on",))
+        crossed.append("min_success_rate")
+        reasons.append(f"{canary.failures} of {canary.requests} canary answers were 500 or more: even if the "
+                       f"next {spec.min_requests - canary.requests} succeeded, the success rate would be "
+                       f"{percent(best)}, below min_success_rate {percent(spec.min_success_rate)}")
+        return _failed(spec, weight, failed_checks, crossed, reasons)
     rate = figures["success_rate"]
     if rate < spec.min_success_rate:
         crossed.append("min_success_rate")
@@ -91,20 +98,24 @@ def judge(spec: Canary, weight: int, failed_checks: int, canary: Series) -> Verd
         else:
             reasons.append(f"p99 {p99:g} ms is within max_p99 {limit:g} ms")
     if crossed:
-        failed = failed_checks + 1
-        if failed >= spec.max_failed_checks:
-            return Verdict("rollback", 0, tuple(crossed), (*reasons, (
-                f"failed checks: {failed} of max_failed_checks {spec.max_failed_checks}: rolled back, "
-                f"all of the traffic to {spec.stable}")))
-        return Verdict("hold", weight, tuple(crossed), (*reasons, (
-            f"failed checks: {failed} of max_failed_checks {spec.max_failed_checks}: the weight stays "
-            f"{weight} %, a new window starts")))
+        return _failed(spec, weight, failed_checks, crossed, reasons)
     if weight >= spec.max_weight:
         return Verdict("promote", 100, (), (*reasons, (
             f"weight {weight} % had reached max_weight {spec.max_weight} %: promoted, all of the traffic to "
             f"{spec.canary}")))
     after = min(weight + spec.step_weight, spec.max_weight)
     return Verdict("advance", after, (), (*reasons, f"weight {weight} → {after} %"))
+
+
+def _failed(spec: Canary, weight: int, failed_checks: int, crossed: list[str], reasons: list[str]) -> Verdict:
+    failed = failed_checks + 1
+    if failed >= spec.max_failed_checks:
+        return Verdict("rollback", 0, tuple(crossed), (*reasons, (
+            f"failed checks: {failed} of max_failed_checks {spec.max_failed_checks}: rolled back, "
+            f"all of the traffic to {spec.stable}")))
+    return Verdict("hold", weight, tuple(crossed), (*reasons, (
+        f"failed checks: {failed} of max_failed_checks {spec.max_failed_checks}: the weight stays "
+        f"{weight} %, a new window starts")))
 
 
 def thresholds(spec: Canary) -> dict:
@@ -226,7 +237,7 @@ class Canaries:
         spec = seen.spec if seen is not None else None
         if run is None:
             if spec is not None:
-                self.start(name, seen, None, now, f"canary {name} is in release {seen.version}")
+                self.start(name, seen, None, now, f"canary {name} was released (release {seen.version})")
             return
         due = self.due(seen, run, now)
         if due is None and run.phase != "progressing":
