@@ -306,9 +306,10 @@ class Canaries:
             release = self.releases.get(connection, seen.version)
         phase = "paused" if seen.weight is not None else "aborted"
         by = f"release {release.version} by {release.actor}" + (f" ({release.note})" if release.note else "")
+        then = "goes on from the released weight" if seen.weight is not None else "starts a new run"
         reasons = [f"{by} set the canary's weight to {seen.weight if seen.weight is not None else 'none'} "
                    f"(the controller had released {run.weight if run.phase in RELEASED else 'none'}): the run is "
-                   f"{phase}; `edgeplane canary resume {run.name}` goes on from the released weight"]
+                   f"{phase}; `edgeplane canary resume {run.name}` {then}"]
         values = {"phase": phase, "weight": seen.weight or 0, "step_started_at": now}
         self.commit(run, values, run.name, "controller", "follow", reasons, {}, seen.weight)
 
