@@ -1,7 +1,8 @@
-"""Automated canaries end to end: what a node serves for a canary's released weight, and
-the controller of a real admin ramping, promoting and rolling back a canary on the figures
+"""Automated canaries end to end: what a node serves for a canary's released weight; the
+controller of a real admin ramping, promoting and rolling back a canary on the figures
 real nodes report about real upstreams (one healthy stable, one canary whose 503 rate the
-test sets). (The controller's decisions on its own clock: test_canary_controller.py.)
+test sets), and operators acting through the CLI; two admins on PostgreSQL, one driving.
+(The controller's decisions on its own clock: test_canary_controller.py.)
 """
 
 from __future__ import annotations
@@ -164,8 +165,8 @@ def test_an_injected_5xx_rate_rolls_the_canary_back_and_the_decision_names_the_t
     assert "rolled_back" in status and "below min_success_rate" in status
 
 
-def test_a_healthy_canary_is_promoted_step_by_step_each_step_a_release_the_nodes_apply(platform):
-    _admin, sdk, nodes, port = platform(nodes=2, step_weight=25, max_weight=75)
+def test_a_healthy_canary_is_promoted_step_by_step_each_step_a_release_the_nodes_apply_then_operated(platform):
+    admin, sdk, nodes, port = platform(nodes=2, step_weight=25, max_weight=75)
     sdk.release(note="start the canary")
     sdk.create("applications", {"name": "pending", "domains": ["pending.example"], "ports": [port],
                                 "rules": [{"actions": [{"respond": {"body": "not released"}}]}]})
@@ -186,6 +187,16 @@ def test_a_healthy_canary_is_promoted_step_by_step_each_step_a_release_the_nodes
     assert {pod(port) for _ in range(30)} == {"canary"}
     assert [c["name"] for c in sdk.pending()["changes"]] == ["pending"], "the human's change is still pending"
     assert all(get(port, host="pending.example")[1] != b"not released" for _ in range(5))
+
+    assert "abort → aborted, weight 0 %" in cli("canary", "abort", "orders", "-m", "a bug after all", admin=admin)
+    nodes[0].wait_serving(sdk.releases(limit=1)[0]["version"])
+    assert {pod(port) for _ in range(30)} == {"stable"}
+    assert "resume → progressing, weight 25 %" in cli("canary", "resume", "orders", admin=admin)
+    assert "pause → paused" in cli("canary", "pause", "orders", admin=admin)
+    operated = sdk.canary_decisions("orders")[:3]
+    assert [(d["action"], d["actor"], d["run"]) for d in operated] == [
+        ("pause", "admin", 2), ("resume", "admin", 2), ("abort", "admin", 1)]
+    assert operated[2]["reasons"][0] == "abort by admin: a bug after all"
 
 
 class Nowhere:
