@@ -72,6 +72,7 @@ class Node:
         self.status_port = free_port()
         self.access_log_path = tmp / "access.log"
         self.stderr_path = tmp / "node.stderr"
+        self.workers = workers
         self.write_config(config)
         args = [sys.executable, "-m", "edgeplane", "node", "--config", str(self.config_path),
                 "--bind", "127.0.0.1", "--status", f"127.0.0.1:{self.status_port}",
@@ -95,10 +96,11 @@ class Node:
         self.proc.send_signal(signal.SIGHUP)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
+        """Every worker answers: each opened its listeners before its control socket."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.status()["workers"]:
+                if len(self.status()["workers"]) >= self.workers:
                     return
             except (OSError, ValueError, KeyError, http.client.HTTPException):
                 pass
