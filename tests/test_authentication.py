@@ -147,6 +147,27 @@ def test_every_kind_of_bad_token_is_refused_alike(jwt_node):
     assert len({body for _, _, body in answers.values()}) == 1  # the body does not tell which part failed
 
 
+EC384_KEY = ec.generate_private_key(ec.SECP384R1())
+EACH_FAMILY = {  # algorithm → (signing key, the provider's key for it, a wrong key of the same kind)
+    "HS256": (HS_SECRET, {"secret": HS_SECRET}, "another-hmac-secret-of-more-than-32-bytes"),
+    "RS384": (RSA_KEY, {"pem": pem(RSA_KEY)}, OTHER_RSA_KEY),
+    "PS256": (RSA_KEY, {"pem": pem(RSA_KEY)}, OTHER_RSA_KEY),
+    "ES384": (EC384_KEY, {"pem": pem(EC384_KEY)}, ec.generate_private_key(ec.SECP384R1())),
+    "EdDSA": (ED_KEY, {"pem": pem(ED_KEY)}, ed25519.Ed25519PrivateKey.generate()),
+}
+
+
+@pytest.mark.parametrize("alg", EACH_FAMILY)
+def test_each_algorithm_family_verifies_with_its_own_key_only(echo, node, alg):
+    signing_key, key, wrong_key = EACH_FAMILY[alg]
+    port = free_port()
+    provider = {"name": "corp", "jwt": {"algorithms": [alg], "issuer": ISSUER, "audiences": [AUDIENCE],
+                                        "keys": [{"kid": "k1", **key}]}}
+    node(auth_config(echo(), port, [provider], protected("corp")))
+    assert get(port, headers=bearer(sign(claims(), signing_key, alg)))[0] == 200
+    assert get(port, headers=bearer(sign(claims(), wrong_key, alg)))[0] == 401
+
+
 def test_leeway_accepts_a_token_just_expired(jwt_node):
     assert get(jwt_node, headers=bearer(sign(claims(exp=int(time.time()) - 2))))[0] == 200
 
