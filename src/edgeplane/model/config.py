@@ -473,14 +473,19 @@ class SetVar(Action):
     value: str
 
 
-class HeaderChange(Action):
+class HeaderAction(Action):
+    """An action on one header, named by `name`."""
+
     name: HeaderName
-    value: HeaderValue
 
     @field_validator("name")
     @classmethod
     def _not_reserved(cls, value: str) -> str:
         return check_header_name(value)
+
+
+class HeaderChange(HeaderAction):
+    value: HeaderValue
 
 
 class SetRequestHeader(HeaderChange):
@@ -491,14 +496,8 @@ class AddRequestHeader(HeaderChange):
     kind = "add-request-header"
 
 
-class RemoveRequestHeader(Action):
+class RemoveRequestHeader(HeaderAction):
     kind = "remove-request-header"
-    name: HeaderName
-
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        return check_header_name(value)
 
 
 class SetResponseHeader(HeaderChange):
@@ -509,14 +508,8 @@ class AddResponseHeader(HeaderChange):
     kind = "add-response-header"
 
 
-class RemoveResponseHeader(Action):
+class RemoveResponseHeader(HeaderAction):
     kind = "remove-response-header"
-    name: HeaderName
-
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, value: str) -> str:
-        return check_header_name(value)
 
 
 class RewritePath(Action):
