@@ -239,4 +239,20 @@ def backend():
         server.stop()
 
 
+@pytest.fixture
+def refused_port():
+    """Ports that refuse every connection for the whole test: bound, never listening, so no
+    other process can take one meanwhile (as it could a port free_port() let go of)."""
+    held: list[socket.socket] = []
+
+    def reserve() -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        held.append(sock)
+        return sock.getsockname()[1]
+    yield reserve
+    for sock in held:
+        sock.close()
+
+
 pytest_plugins = ["admin_harness"]  # the control plane's fixtures: stores on both backends, admins, synced nodes

@@ -193,8 +193,9 @@ class CircuitBreaker(Model):
 
 class RetryBudget(Model):
     """Retries in flight may not exceed `percent` of the requests in flight on their first
-    try (but `min_concurrency` are always allowed): a fully failing upstream sees at most
-    (1 + percent/100) x the requests clients send it, plus that minimum."""
+    try (but `min_concurrency` are always allowed), each retry judged when it is due: a fully
+    failing upstream sees at most (1 + percent/100) x the requests clients send it, plus the
+    retries in flight when the load stops and what the minimum allows at low load."""
 
     percent: float = Field(20.0, ge=0, le=100)
     min_concurrency: int = Field(3, ge=0)

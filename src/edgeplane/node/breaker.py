@@ -69,11 +69,12 @@ class Breaker:
         return None
 
     def admit_retry(self, retrying: bool) -> str | None:
-        """A request's first retry: None when the upstream can afford it (it counts as a retry
-        in flight until the request ends), else `max_retries` or `retry_budget`. Later retries
-        of the same request are the same retry in flight."""
+        """A retry: None when the upstream can afford it (it counts as a retry in flight until
+        its try ends or the request does), else `max_retries` or `retry_budget`. `retrying`:
+        the request's previous try was a retry, which is over; each retry is judged anew, so
+        a request admitted once cannot go on retrying after the load that allowed it left."""
         if retrying:
-            return None
+            self.retries -= 1
         if self.max_retries is not None and self.retries >= self.max_retries:
             denied = "max_retries"
         elif self.retries + 1 > max(self.budget_minimum, self.budget_share * (self.requests - self.retries - 1)):

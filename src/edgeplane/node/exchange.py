@@ -100,7 +100,7 @@ class Exchange:
     breaker: Breaker | None = None  # the upstream's, once it counts this request
     breaker_limit = ""  # the circuit-breaker limit that refused this request
     attempt = 1         # tries so far
-    retrying = False    # the breaker counts this request as a retry in flight
+    retrying = False    # the breaker counts this request's try as a retry in flight
     retry_log = ""      # why each retry was sent or refused, for the access log
 
     def __init__(self, client: ClientConnection, request: Request, runtime: Runtime):
@@ -572,6 +572,7 @@ class Exchange:
             return True
         denied = self.breaker.admit_retry(self.retrying)
         if denied is not None:
+            self.retrying = False
             self.retry_log += f"{why} (not retried: {denied}),"
             return False
         self.retrying = True
