@@ -175,9 +175,9 @@ def test_ewma_prefers_a_fast_server_over_a_slow_one(node, backend):
 # --- failures and backups ------------------------------------------------------------------
 
 
-def test_a_refused_connection_moves_the_request_to_the_next_server(node, echo):
+def test_a_refused_connection_moves_the_request_to_the_next_server(node, echo, refused_port):
     # max_fails 0 keeps the dead server in rotation, so every other request is sent to it first.
-    dead = {"address": "127.0.0.1", "port": free_port(), "max_fails": 0}
+    dead = {"address": "127.0.0.1", "port": refused_port(), "max_fails": 0}
     port, _ = proxy(node, [dead, echo("alive").server()])
     assert pods(port, 20) == ["alive"] * 20
 

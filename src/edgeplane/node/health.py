@@ -153,9 +153,18 @@ class Prober:
         self.task = asyncio.ensure_future(self.run())
 
     async def run(self) -> None:
+        """Probe until cancelled: an error no probe foresaw fails that probe, and one while
+        judging or telling the verdict is reported; neither ends the probing."""
         while True:
-            cause = await probe(self.target)
-            self.runner.observe(self, cause)
+            try:
+                cause = await probe(self.target)
+            except Exception as error:
+                cause = f"probe error: {type(error).__name__}: {error}"
+            try:
+                self.runner.observe(self, cause)
+            except Exception as error:
+                self.runner.complain("health_check_error", upstream=self.target.upstream,
+                                     endpoint=self.target.label, error=f"{type(error).__name__}: {error}")
             await asyncio.sleep(self.target.check.interval)
 
     def status(self) -> dict:
@@ -164,11 +173,13 @@ class Prober:
 
 
 class HealthRunner:
-    def __init__(self, publish: Callable[[dict], Any], record: Callable[[dict], Any]):
-        self.publish = publish  # told the failing servers whenever that set changes
-        self.record = record    # told every transition
+    def __init__(self, publish: Callable[[dict], Any], record: Callable[[dict], Any], complain: Callable[..., Any]):
+        self.publish = publish    # told the failing servers whenever that set changes
+        self.record = record      # told every transition
+        self.complain = complain  # told an error of the probing itself (event, fields)
         self.probers: dict[Key, Prober] = {}
         self.sequence = 0
+        self.untold = False  # the failing servers changed since `publish` last took them
 
     def apply_config(self, config: Config) -> None:
         """Probe the servers this config checks: new ones start at once, changed checks
@@ -186,9 +197,21 @@ class HealthRunner:
             else:
                 prober.target = target  # the next probe uses it; the verdict stays
         if dropped_failing:
-            self.publish(self.message())
+            self.untold = True
+            self.tell()
 
     def observe(self, prober: Prober, cause: str | None) -> None:
+        """Count one probe's outcome; on a verdict change record it, and tell the workers when
+        the failing servers changed (or still are to be told: telling them failed before)."""
+        self.judge(prober, cause)
+        if self.untold:
+            self.tell()
+
+    def tell(self) -> None:
+        self.publish(self.message())
+        self.untold = False
+
+    def judge(self, prober: Prober, cause: str | None) -> None:
         prober.checks += 1
         if cause is None:
             prober.passes, prober.failures = prober.passes + 1, 0
@@ -209,11 +232,10 @@ class HealthRunner:
             prober.cause = ""
         else:
             why = cause if before == "unchecked" else f"{prober.failures} consecutive checks failed (last: {cause})"
+        self.untold |= (after == "unhealthy") != (before == "unhealthy")
         target = prober.target
         self.record({"time": round(prober.since, 3), "upstream": target.upstream, "endpoint": target.label,
                      "source": SOURCE, "state": after, "cause": why})
-        if (after == "unhealthy") != (before == "unhealthy"):
-            self.publish(self.message())
 
     def message(self) -> dict:
         """What workers apply: every failing server, numbered so a late message loses."""

@@ -86,7 +86,7 @@ class Master:
         self.acme_running = False
         self.config_signature: tuple = ()
         self.tickets: TicketKeyFile | None = None
-        self.health = HealthRunner(self.publish_health, self.record_transition)
+        self.health = HealthRunner(self.publish_health, self.record_transition, log)
         self.health_message: dict = {"sequence": 0, "failing": []}
         self.transitions: deque[dict] = deque(maxlen=TRANSITIONS_KEPT)
         self.metrics = Metrics()  # what the master itself counts (health transitions)
@@ -193,14 +193,15 @@ class Master:
             await asyncio.sleep(HOUSEKEEPING)
 
     def publish_health(self, message: dict) -> None:
-        """The failing servers changed: kept for workers yet to start, told to every worker."""
+        """The failing servers changed: told to every worker, kept for workers yet to start
+        (a file that cannot be written stops neither)."""
         self.health_message = message
+        for index in range(self.count):
+            self.spawn(self.tell_health(index, message))
         path = Path(self.run_dir) / HEALTH_FILE
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(message))
         os.replace(temporary, path)
-        for index in range(self.count):
-            self.spawn(self.tell_health(index, message))
 
     async def tell_health(self, index: int, message: dict) -> None:
         await self.ask(index, line=b"health " + json.dumps(message).encode() + b"\n")
