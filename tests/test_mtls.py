@@ -1,6 +1,6 @@
 """mTLS from clients, per application: each application's own CAs, required or optional; the
 verified identity as rule variables, a header to the upstream and access-log fields; and an
-identity-based authorization rule end to end."""
+identity-based authorization rule end to end, as examples/mtls.yaml writes it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ import json
 import socket
 import ssl
 import time
+from pathlib import Path
 
 import pytest
 import trustme
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -49,30 +51,27 @@ BILLING = mint(CORP, "billing", uri="spiffe://corp/billing", dns="billing.corp")
 OUTSIDER = mint(OTHER, "outsider")
 
 
+EXAMPLE = Path(__file__).parent.parent / "examples" / "mtls.yaml"
+
+
 @pytest.fixture(scope="module")
 def mtls(tmp_path_factory, echo_module):
+    """examples/mtls.yaml (the database application) on the certificates minted here, and a
+    public application beside it on the same port, with an optional certificate of another CA."""
     from conftest import Node
-    port = free_port()
-    config = {
-        "certificates": [{"name": "server", "cert": "".join(b.bytes().decode() for b in SERVER.cert_chain_pems),
-                          "key": SERVER.private_key_pem.bytes().decode()}],
-        "upstreams": [{"name": "db", "servers": [echo_module.server()]}],
-        "applications": [
-            {"name": "database", "domains": ["db.test"], "ports": [], "https_ports": [port], "certificates": ["server"],
-             "tls": {"client_auth": {"mode": "required", "ca": CORP.cert_pem.bytes().decode()}},
-             "rules": [{"name": "reporting may read metrics",
-                        "conditions": [{"var": "tls-client-uri", "op": "eq", "values": ["spiffe://corp/reporting"]},
-                                       {"var": "method", "op": "eq", "values": ["GET"]},
-                                       {"var": "path", "op": "eq", "values": ["/metrics"]}],
-                        "actions": [{"proxy": {"upstream": "db"}}]},
-                       {"name": "everything else is denied", "actions": [{"deny": {"status": 403}}]}]},
-            {"name": "public", "domains": ["pub.test"], "ports": [], "https_ports": [port], "certificates": ["server"],
-             "tls": {"client_auth": {"mode": "optional", "ca": OTHER.cert_pem.bytes().decode()}},
-             "rules": [{"conditions": [{"var": "tls-client-cn", "op": "eq", "values": ["outsider"]}],
-                        "actions": [{"respond": {"body": "hello outsider"}}]},
-                       {"actions": [{"respond": {"body": "hello anonymous"}}]}]},
-        ],
-    }
+    port, files = free_port(), tmp_path_factory.mktemp("mtls-files")
+    (files / "db.crt").write_text("".join(b.bytes().decode() for b in SERVER.cert_chain_pems))
+    (files / "db.key").write_text(SERVER.private_key_pem.bytes().decode())
+    (files / "corp-ca.crt").write_text(CORP.cert_pem.bytes().decode())
+    config = yaml.safe_load(EXAMPLE.read_text().replace("/tmp/edgeplane-mtls/", f"{files}/"))
+    config["upstreams"][0]["servers"] = [echo_module.server()]
+    config["applications"][0]["https_ports"] = [port]
+    config["applications"].append(
+        {"name": "public", "domains": ["pub.test"], "ports": [], "https_ports": [port], "certificates": ["database"],
+         "tls": {"client_auth": {"mode": "optional", "ca": OTHER.cert_pem.bytes().decode()}},
+         "rules": [{"conditions": [{"var": "tls-client-cn", "op": "eq", "values": ["outsider"]}],
+                    "actions": [{"respond": {"body": "hello outsider"}}]},
+                   {"actions": [{"respond": {"body": "hello anonymous"}}]}]})
     started = Node(tmp_path_factory.mktemp("mtls"), config)
     wait_port(port)
     yield port, started

@@ -20,6 +20,8 @@ CA = trustme.CA()
 SHOP = CA.issue_cert("shop.test", "*.shop.test")
 API = CA.issue_cert("api.test")
 ROTATED = CA.issue_cert("api.test", organization_name="rotated")
+ROOT = trustme.CA()  # the only CA the chain test's clients trust
+INTERMEDIATE = ROOT.create_child_ca()
 
 
 def pem(cert: trustme.LeafCert) -> dict:
@@ -98,9 +100,14 @@ def test_the_certificate_is_chosen_by_server_name(https):
     assert peer_names(port, "api.test") == ("api.test",)
 
 
-def test_a_client_without_sni_gets_the_first_applications_certificate(https):
+def test_a_client_without_sni_or_with_a_name_nobody_serves_gets_the_first_applications_certificate(https):
     port, _, _ = https
     assert peer_names(port, None) == ("shop.test", "*.shop.test")
+    context = client_context()
+    context.check_hostname = False
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="unknown.test") as tls:
+            assert ("DNS", "shop.test") in tls.getpeercert()["subjectAltName"]
 
 
 def test_proxied_requests_carry_https_as_the_forwarded_proto(https):
@@ -227,3 +234,33 @@ def test_each_domain_gets_the_applications_certificate_valid_for_it(node, echo):
     assert peer_names(port, "c.test") == ("c.test",)
     assert peer_names(port, "z.zone.test") == ("*.zone.test",)  # nobody claims it: the catch-all's
     assert get(port, "z.zone.test")[2] == b"rest"
+
+
+def test_a_certificate_chain_is_served_complete_from_inline_pem_and_from_files(node, tmp_path):
+    """Clients trust only the root: a handshake verifies only if the node sends the
+    intermediate it was given; a certificate given without its chain shows the difference."""
+    port = free_port()
+    inline, from_files, leaf_only = (INTERMEDIATE.issue_cert(f"{name}.test") for name in ("inline", "files", "bare"))
+    (tmp_path / "chain.pem").write_text(pem(from_files)["cert"])  # leaf, then the intermediate
+    (tmp_path / "leaf.key").write_text(pem(from_files)["key"])
+    config = {
+        "certificates": [{"name": "inline", **pem(inline)},
+                         {"name": "files", "cert_file": str(tmp_path / "chain.pem"),
+                          "key_file": str(tmp_path / "leaf.key")},
+                         {"name": "bare", "cert": leaf_only.cert_chain_pems[0].bytes().decode(),
+                          "key": leaf_only.private_key_pem.bytes().decode()}],
+        "applications": [{"name": name, "domains": [f"{name}.test"], "ports": [], "https_ports": [port],
+                          "certificates": [name], "rules": [{"actions": [{"respond": {"body": name}}]}]}
+                         for name in ("inline", "files", "bare")],
+    }
+    node(config)
+    wait_port(port)
+    context = ssl.create_default_context()
+    ROOT.configure_trust(context)
+    for name in ("inline", "files"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=f"{name}.test") as tls:
+                assert tls.getpeercert()["subjectAltName"] == (("DNS", f"{name}.test"),)
+    with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer certificate"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            context.wrap_socket(raw, server_hostname="bare.test")

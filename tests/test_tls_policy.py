@@ -99,33 +99,35 @@ def test_alpn_offers_only_http1(tls_node):
     assert handshake(https, "modern.test", h2_only).selected_alpn_protocol() is None
 
 
-def test_a_session_resumes_on_every_worker_of_the_node(tls_node):
+@pytest.mark.parametrize("name", ["modern.test", "legacy.test"])  # TLS 1.3 (PSK) and TLS 1.2 (tickets)
+def test_a_session_resumes_on_every_worker_of_the_node(tls_node, name):
     https, _, started = tls_node
     context = client()
-    session = handshake(https, "modern.test", context, request=True).session
+    session = handshake(https, name, context, request=True).session
     before = len(started.access_log())
     for _ in range(16):
-        tls = handshake(https, "modern.test", context, session=session, request=True)
+        tls = handshake(https, name, context, session=session, request=True)
         assert tls.session_reused
         tls.close()
     workers = {line["worker"] for line in started.access_log(wait_for=before + 16)[before:]}
     assert workers == {0, 1}
 
 
-def test_a_ticket_outlives_its_keys_rotation_for_the_overlap_and_no_longer(tls_node):
+@pytest.mark.parametrize("name", ["modern.test", "legacy.test"])  # TLS 1.3 (PSK) and TLS 1.2 (tickets)
+def test_a_ticket_outlives_its_keys_rotation_for_the_overlap_and_no_longer(tls_node, name):
     https, _, _ = tls_node
     context = client()
     before = time.time()
-    session = handshake(https, "modern.test", context, request=True).session
+    session = handshake(https, name, context, request=True).session
     after = time.time()
     # The issuing key took over at some `start` in (before - ROTATE, after] and opens tickets
     # until start + ROTATE + OVERLAP: in force no longer after `after + ROTATE`, still
     # accepted before `before + OVERLAP`, refused from `after + ROTATE + OVERLAP` on.
     time.sleep(max(0.0, after + ROTATE - time.time()))
-    assert handshake(https, "modern.test", context, session=session).session_reused
+    assert handshake(https, name, context, session=session).session_reused
     assert time.time() < before + OVERLAP, "the machine was too slow for this test to say anything"
     time.sleep(max(0.0, after + ROTATE + OVERLAP + 0.2 - time.time()))
-    assert not handshake(https, "modern.test", context, session=session).session_reused
+    assert not handshake(https, name, context, session=session).session_reused
 
 
 def test_plain_http_is_redirected_to_https_with_the_same_url(tls_node):
