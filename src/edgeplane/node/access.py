@@ -77,9 +77,15 @@ def node_actions(config: Config, context: CompileContext, state: AccessState,
         name = action.provider
         check = once("auth", name, lambda: compile_provider(providers[name], config, context, state, upstreams))
         counted = refusals_counted(name, state.metrics)
-        # A request a provider already accepted (an earlier rule) is not asked again: the
-        # credential may have been stripped meanwhile.
-        return lambda request, ops: None if name in request.providers else counted(check(request, ops))
+
+        def authenticate_step(request: Any, ops: list) -> Any:
+            # A request a provider already accepted (an earlier rule) is not asked again: the
+            # credential may have been stripped meanwhile.
+            if name in request.providers:
+                return None
+            outcome = check(request, ops)
+            return None if outcome is None else counted(outcome)
+        return authenticate_step
 
     def rate_limit(action: RateLimitAction) -> Step:
         count = once("limit", action.policy, lambda: compile_limit(limits[action.policy], context, state))

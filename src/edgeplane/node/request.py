@@ -111,6 +111,13 @@ class Request:
         values = lookup.get(lname.encode("latin-1"))
         return [value.decode("latin-1") for value in values] if values else []
 
+    def first_header(self, lname: bytes) -> bytes | None:
+        """The first value of a header as sent, by lower-case name (no lookup table is made)."""
+        for name, value in self.headers:
+            if name.lower() == lname:
+                return value
+        return None
+
     def arg(self, name: str) -> list[str]:
         if self._args is None:
             args: dict[str, list[str]] = {}
@@ -180,6 +187,16 @@ class Request:
     def remove_header(self, lname: bytes) -> None:
         self.headers = [h for h in self.headers if h[0].lower() != lname]
         self.headers_changed()
+
+    def take_header(self, lname: bytes) -> bytes | None:
+        """The first value of a header as sent; every line of it is removed."""
+        headers = self.headers
+        for index, (name, value) in enumerate(headers):
+            if name.lower() == lname:
+                self.headers = headers[:index] + [h for h in headers[index + 1:] if h[0].lower() != lname]
+                self.headers_changed()
+                return value
+        return None
 
     def add_mirror(self, upstream: object) -> None:
         if self.mirrors is None:

@@ -9,7 +9,6 @@ rule variables consumer, consumer-tier and claim — or answers 401/403 with a
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -41,18 +40,28 @@ class Credential:
         self.scheme = (scheme or "bearer").lower() + " " if self.lname == "authorization" else None
 
     def read(self, request: Any) -> str | None:
+        sent = self.sent(request)
+        return None if sent is None else self.token(sent)
+
+    def sent(self, request: Any, take: bool = False) -> bytes | str | None:
+        """The credential as the client sent it: a header's whole value (bytes, its scheme
+        included), a query argument's or a cookie's (str). `take` removes a header credential
+        from the request as it is read."""
         if self.kind == "header":
-            values = request.header(self.lname)
-            if not values:
-                return None
-            value = values[0].strip()
-            if self.scheme is None:
-                return value or None
-            if value[:len(self.scheme)].lower() != self.scheme:
-                return None
-            return value[len(self.scheme):].strip() or None
+            return request.take_header(self.raw_lname) if take else request.first_header(self.raw_lname)
         values = request.arg(self.name) if self.kind == "query" else request.cookie(self.name)
         return values[0] if values and values[0] else None
+
+    def token(self, sent: bytes | str) -> str | None:
+        """The credential in what `sent` returned: a header's value without its scheme."""
+        if sent.__class__ is str:
+            return sent
+        value = sent.decode("latin-1").strip()
+        if self.scheme is None:
+            return value or None
+        if value[:len(self.scheme)].lower() != self.scheme:
+            return None
+        return value[len(self.scheme):].strip() or None
 
     def strip(self, request: Any) -> None:
         """Remove the credential so the upstream never sees it."""
@@ -76,20 +85,35 @@ def remove_cookie(request: Any, name: str) -> None:
         request.headers.append((b"Cookie", line.encode("latin-1")))
 
 
-def claim_headers(mapping: dict[str, str]) -> Callable[[Any, dict], None]:
-    """claims → request headers (set, replacing what the client sent)."""
-    pairs = [(claim, header.encode("latin-1"), header.lower().encode("latin-1")) for claim, header in mapping.items()]
+class ClaimHeaders:
+    """claims → request headers (set, replacing what the client sent). `values` prepares a
+    verified token's lines once; `set` puts them on each request that carries it."""
 
-    def add(request: Any, claims: dict) -> None:
-        for claim, header, lname in pairs:
-            request.remove_header(lname)
+    def __init__(self, mapping: dict[str, str]):
+        self.pairs = [(claim, header.encode("latin-1"), header.lower().encode("latin-1"))
+                      for claim, header in mapping.items()]
+
+    def values(self, claims: dict) -> list[tuple[bytes, bytes, bytes | None]]:
+        """(lower-case name, name, value or None: the claim is absent or cannot be a header value)."""
+        lines = []
+        for claim, header, lname in self.pairs:
             value = claims.get(claim)
-            if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-                text = str(value)
-                if "\r" not in text and "\n" not in text and "\x00" not in text:
-                    request.headers.append((header, text.encode("utf-8")))
+            text = str(value) if isinstance(value, (str, int, float)) and not isinstance(value, bool) else None
+            if text is not None and ("\r" in text or "\n" in text or "\x00" in text):
+                text = None
+            lines.append((lname, header, None if text is None else text.encode("utf-8")))
+        return lines
+
+    @staticmethod
+    def set(request: Any, lines: list[tuple[bytes, bytes, bytes | None]]) -> None:
+        for lname, header, value in lines:
+            request.remove_header(lname)
+            if value is not None:
+                request.headers.append((header, value))
         request.headers_changed()
-    return add
+
+    def __call__(self, request: Any, claims: dict) -> None:
+        self.set(request, self.values(claims))
 
 
 def compile_provider(provider: AuthProvider, config: Config, context: CompileContext, state: Any,

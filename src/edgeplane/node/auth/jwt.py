@@ -6,8 +6,9 @@ algorithms of its own type (an HMAC secret only for HS*, an RSA key only for RS*
 EC key only for ES* of its curve, an OKP key only for EdDSA) — so `alg: none` and HS/RS key
 confusion fail. The JWKS is fetched off the request path and refreshed in the background;
 a request waits only for the first fetch, or for a refetch on an unknown `kid` (at most
-one per `jwks_min_interval`). A token once verified is remembered by its exact bytes until
-it expires (or the JWKS changes), so a client reusing its token costs a dictionary lookup.
+one per `jwks_min_interval`). A token once verified is remembered by the exact bytes it
+was sent as, with what accepting it does (consumer, tier, claim headers) prepared, until
+it expires (or the JWKS changes): a client reusing its token costs a dictionary lookup.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from ...lang.compile import Step, Suspend
 from ...model.config import JwtKey, JwtProvider
-from . import Credential, claim_headers, quoted, refuse
+from . import ClaimHeaders, Credential, quoted, refuse
 from .http import FetchError, fetch
 
 FETCH_TIMEOUT = 5.0
@@ -141,25 +142,32 @@ def compile_jwt(name: str, config: JwtProvider, state: Any) -> Step:
     audience = config.audiences or None
     leeway = config.leeway
     options = {"require": list(config.require), "verify_aud": audience is not None}
-    verified: dict[str, tuple] = {}
-    to_headers = claim_headers(config.claims_to_headers) if config.claims_to_headers else None
-    consumer_claim, tier_claim, strip = config.consumer_claim, config.tier_claim, config.strip
+    # A verified token by the credential exactly as sent (its header's bytes): everything
+    # accepting it again needs, made once — see `remember`.
+    verified: dict[bytes | str, tuple] = {}
+    to_headers = ClaimHeaders(config.claims_to_headers) if config.claims_to_headers else None
+    consumer_claim, tier_claim = config.consumer_claim, config.tier_claim
+    # A header credential is taken out as it is read: a request it does not authenticate is
+    # answered here and goes nowhere else.
+    taken = config.strip and credential.kind == "header"
+    strip_later = config.strip and not taken
     tiers = {c.name: c.tier for c in state.config.consumers} if state.config is not None else {}
 
-    def accept(request: Any, claims: dict) -> None:
-        consumer = _text(claims.get(consumer_claim)) if consumer_claim is not None else request.consumer
-        tier = _text(claims.get(tier_claim)) if tier_claim is not None else tiers.get(consumer, request.tier)
-        request.identify(name, consumer, tier, claims)
-        if to_headers is not None:
-            to_headers(request, claims)
-        if strip:
+    def accept(request: Any, entry: tuple) -> None:
+        _claims, _valid_from, _valid_until, _version, consumer, tier, lines = entry
+        if consumer is None:
+            consumer = request.consumer
+        request.identify(name, consumer, tier if tier is not None else tiers.get(consumer, request.tier), _claims)
+        if lines is not None:
+            ClaimHeaders.set(request, lines)
+        if strip_later:
             credential.strip(request)
 
     def candidates(alg: str, kid: str | None) -> list[Key]:
         keys = inline + jwks.keys if jwks is not None else inline
         return [k for k in keys if k.fits(alg) and (kid is None or k.kid == kid)]
 
-    def check(request: Any, token: str, may_fetch: bool) -> Any:
+    def check(request: Any, sent: bytes | str, token: str, may_fetch: bool) -> Any:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -170,7 +178,7 @@ def compile_jwt(name: str, config: JwtProvider, state: Any) -> Step:
         keys = candidates(alg, kid)
         if not keys:
             if may_fetch and jwks is not None and jwks.may_refetch(config.jwks_min_interval):
-                return Suspend(after_fetch(request, token))
+                return Suspend(after_fetch(request, sent, token))
             return invalid
         for key in keys:
             try:
@@ -182,37 +190,43 @@ def compile_jwt(name: str, config: JwtProvider, state: Any) -> Step:
                 return invalid
             if not isinstance(claims, dict):
                 return invalid
-            remember(token, claims)
-            accept(request, claims)
+            accept(request, remember(sent, claims))
             return None
         return invalid
 
-    async def after_fetch(request: Any, token: str) -> Any:
+    async def after_fetch(request: Any, sent: bytes | str, token: str) -> Any:
         await jwks.refresh()
-        return check(request, token, False)
+        return check(request, sent, token, False)
 
-    def remember(token: str, claims: dict) -> None:
+    def remember(sent: bytes | str, claims: dict) -> tuple:
+        """(claims, valid from, valid until — leeway included —, JWKS version, consumer — None:
+        the request's own —, tier — None: the consumer's —, header lines of claims or None)."""
         if len(verified) >= VERIFIED_TOKENS:
             del verified[next(iter(verified))]
-        exp, nbf = claims.get("exp"), claims.get("nbf")
-        verified[token] = (claims, _number(nbf, -float("inf")), _number(exp, float("inf")),
-                           jwks.version if jwks is not None else 0)
+        consumer = _text(claims.get(consumer_claim)) if consumer_claim is not None else None
+        tier = _text(claims.get(tier_claim)) if tier_claim is not None else None
+        entry = verified[sent] = (
+            claims, _number(claims.get("nbf"), -float("inf")) - leeway,
+            _number(claims.get("exp"), float("inf")) + leeway, jwks.version if jwks is not None else 0,
+            consumer, tier, to_headers.values(claims) if to_headers is not None else None)
+        return entry
 
     def authenticate_jwt(request: Any, _ops: list) -> Any:
-        token = credential.read(request)
-        if token is None:
+        sent = credential.sent(request, taken)
+        if sent is None:
             return missing
         if jwks is not None and jwks.fetched and time.monotonic() - jwks.fetched > config.jwks_refresh:
             jwks.refresh()  # in the background: this request goes on with the keys it has
-        entry = verified.get(token)
+        entry = verified.get(sent)
         if entry is not None:
-            claims, nbf, exp, version = entry
-            now = time.time()
-            if nbf - leeway <= now < exp + leeway and (jwks is None or version == jwks.version):
-                accept(request, claims)
+            if entry[1] <= time.time() < entry[2] and (jwks is None or entry[3] == jwks.version):
+                accept(request, entry)
                 return None
-            del verified[token]
-        return check(request, token, True)
+            del verified[sent]
+        token = credential.token(sent)
+        if token is None:
+            return missing
+        return check(request, sent, token, True)
     return authenticate_jwt
 
 

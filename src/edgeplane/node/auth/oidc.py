@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ...lang.compile import LocalResponse, Step, Suspend
 from ...model.config import OidcProvider
-from . import TEXT, claim_headers, quoted, refuse, remove_cookie
+from . import TEXT, ClaimHeaders, quoted, refuse, remove_cookie
 from .http import FetchError, fetch
 from .jwt import Jwks
 
@@ -109,7 +109,7 @@ def compile_oidc(name: str, config: OidcProvider, state: Any) -> Step:
     sessions = Sealer(config.session_secret, b"session")
     logins = Sealer(config.session_secret, b"login")
     cookie, login_cookie = config.cookie, config.cookie + "_login"
-    to_headers = claim_headers(config.claims_to_headers) if config.claims_to_headers else None
+    to_headers = ClaimHeaders(config.claims_to_headers) if config.claims_to_headers else None
     unauthorized = refuse(f"Bearer realm={quoted(name)}")
     failed_login = LocalResponse(401, [TEXT], b"401 Unauthorized: the login could not be completed\n")
     unavailable = LocalResponse(503, [(b"Retry-After", b"5"), TEXT],
