@@ -191,7 +191,11 @@ def variables_key(specs: list[str], context: CompileContext) -> Callable[[Any], 
         return subject if isinstance(subject, str) else ",".join(subject)
     if len(getters) == 1:
         only = getters[0]
-        return lambda request: value(only, request)
+
+        def single(request: Any) -> str:
+            subject = only(request)
+            return subject if subject.__class__ is str else ",".join(subject)
+        return single
     return lambda request: "\x1f".join(value(get, request) for get in getters)
 
 

@@ -73,7 +73,7 @@ class Master:
         self.access_log = access_log
         self.data_dir = os.path.abspath(data_dir) if data_dir else ""
         self.run_dir = tempfile.mkdtemp(prefix="edgeplane-node-")
-        SharedMemory.create(os.path.join(self.run_dir, "shared.bin"))  # counters all workers share
+        SharedMemory.create(os.path.join(self.run_dir, "shared.bin"), workers=workers)  # counters all workers share
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
         self.started = time.time()

@@ -35,7 +35,7 @@ class Quota:
     rate: float      # tokens per second
     burst: float
     max_debt: float  # tokens a shaped request may borrow
-    policy: bytes
+    policy: tuple    # the header op adding its RateLimit-Policy
 
 
 def quotas(limit: RateLimit) -> tuple[Quota | None, dict[str, Quota | None]]:
@@ -45,7 +45,7 @@ def quotas(limit: RateLimit) -> tuple[Quota | None, dict[str, Quota | None]]:
         burst = float(limit.burst if limit.burst is not None else amount)
         window = max(1, math.ceil(limit.window))
         policy = b'"%s";q=%d;w=%d' % (limit.name.encode(), amount, window)
-        return Quota(amount, rate, burst, limit.max_delay * rate, policy)
+        return Quota(amount, rate, burst, limit.max_delay * rate, ("add", b"ratelimit-policy", b"RateLimit-Policy", policy))
     tiers = {name: None if amount == "unlimited" else quota(amount) for name, amount in limit.tiers.items()}
     return quota(limit.limit), tiers
 
@@ -85,8 +85,9 @@ def _counter(limit: RateLimit, store: Any) -> Callable[[bytes, Quota], tuple]:
 
 def _answer(limit: RateLimit, metrics: Any) -> Callable[[bool, int, float, Quota, list], Any]:
     """Turns a decision into the step's outcome: None (go on), a Suspend (shaping) or a 429."""
-    name, headers, window = limit.name.encode(), limit.headers, limit.window
+    headers, window = limit.headers, limit.window
     policy = limit.name
+    named = b'"%s";r=' % limit.name.encode()
     bucket = limit.algorithm == "token-bucket"
 
     def answer(admitted: bool, remaining: int, wait: float, quota: Quota, ops: list) -> Any:
@@ -95,8 +96,8 @@ def _answer(limit: RateLimit, metrics: Any) -> Callable[[bool, int, float, Quota
                 reset = (quota.burst - remaining) / quota.rate if bucket else window
             else:
                 reset = wait
-            ops.append(("add", b"ratelimit-policy", b"RateLimit-Policy", quota.policy))
-            ops.append(("add", b"ratelimit", b"RateLimit", b'"%s";r=%d;t=%d' % (name, remaining, math.ceil(reset))))
+            ops.append(quota.policy)
+            ops.append(("add", b"ratelimit", b"RateLimit", named + b"%d;t=%d" % (remaining, math.ceil(reset))))
         if not admitted:
             metrics.count("rate_limited", policy, "refused")
             return LocalResponse(429, [(b"Retry-After", b"%d" % max(1, math.ceil(wait))), TEXT], TOO_MANY)

@@ -5,9 +5,11 @@ that are bytes. `SharedMemory` is one file of fixed size in the master's run dir
 mapped by every worker: records sit in buckets of 8 slots (a key's bucket is fixed by its
 64-bit hash) and a bucket changes only under an fcntl lock on its own bytes, which the
 kernel drops if a worker dies holding it. Decisions are exact — serialized per key, on
-the one monotonic clock all processes share — except after an eviction: a full bucket
+the one monotonic clock all processes share — except after an eviction (a full bucket
 forgets its least recently used record, so memory stays fixed and a forgotten key starts
-afresh (it fails open). This module knows no HTTP and no config.
+afresh: it fails open) and for token buckets large enough to lease: a worker takes their
+tokens a few at a time (a lease) and spends them without a lock. This module knows no
+HTTP and no config.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ BUCKET = WAYS * RECORD
 RATE_SLOTS = 1 << 16     # distinct rate-limit keys a node remembers (3 MiB)
 GAUGE_SLOTS = 1 << 14    # distinct concurrency keys in flight at once (768 KiB)
 COLUMNS = 16             # gauge counts are kept per worker, in this many columns
-HEADER = struct.Struct("<8sII")
-MAGIC = b"EPSHM\x00\x01\x00"
-LOCAL_KEYS = 100_000     # keys a worker-scope store remembers
+HEADER = struct.Struct("<8sIII")  # magic, rate buckets, gauge buckets, workers
+MAGIC = b"EPSHM\x00\x02\x00"
+LOCAL_KEYS = 100_000     # keys a worker-scope store (and a worker's leases) remembers
+# Leases: the workers of a node together hold at most this share of a bucket's burst (or
+# of a second's refill, when that is smaller) taken but not yet spent, so what the node
+# admits differs from an exact bucket by at most that much. A lease unused for LEASE_TTL
+# gives its tokens back the next time its worker sees the key.
+LEASE_SHARE = 0.05
+LEASE_TTL = 1.0
 
 _KEYS = struct.Struct("<" + "Q40x" * (WAYS - 1) + "Q")  # the keys of a bucket's slots
 _USES = struct.Struct("<8x" + "d32x8x" * (WAYS - 1) + "d")  # their last uses
@@ -62,6 +70,20 @@ def bucket_step(state: tuple, now: float, rate: float, burst: float, max_debt: f
     return (tokens, now, 0.0, 0.0), (False, 0, (1 - max_debt - tokens) / rate)
 
 
+def lease_step(state: tuple, now: float, rate: float, burst: float, size: int,
+               unused: float) -> tuple[tuple, tuple[Decision, int]]:
+    """Token bucket, taking up to `size` tokens at once (at least one, or none: refused) after
+    giving back the `unused` ones of the worker's previous lease; also returns how many were
+    taken. The decision is the first token's, `remaining` counting the others."""
+    tokens, stamp = state[0], state[1]
+    tokens = burst if stamp == 0.0 else min(burst, tokens + (now - stamp) * rate + unused)
+    if tokens < 1:
+        return (tokens, now, 0.0, 0.0), ((False, 0, (1 - tokens) / rate), 0)
+    taken = min(size, int(tokens))
+    tokens -= taken
+    return (tokens, now, 0.0, 0.0), ((True, int(tokens) + taken - 1, 0.0), taken)
+
+
 def window_step(state: tuple, now: float, limit: float, window: float) -> tuple[tuple, Decision]:
     """Sliding window counter: the previous window's count, weighted by how much of it the
     sliding window still covers, plus the current window's count."""
@@ -92,17 +114,17 @@ class LocalMemory:
 
     def __init__(self, keys: int = LOCAL_KEYS):
         self.keys = keys
-        self.rates: dict[int, tuple] = {}
+        self.rates: dict[bytes, tuple] = {}
         self.gauges: dict[int, int] = {}
 
     def update(self, key: bytes, step: Callable, *args: float) -> Decision:
-        rates, hashed = self.rates, key_hash(key)
-        state = rates.pop(hashed, None)
+        rates = self.rates
+        state = rates.pop(key, None)
         if state is None:
             state = (0.0, 0.0, 0.0, 0.0)
             if len(rates) >= self.keys:
                 del rates[next(iter(rates))]  # the least recently used: each use moves a key to the end
-        rates[hashed], decision = step(state, *args)
+        rates[key], decision = step(state, *args)
         return decision
 
     def token_bucket(self, key: bytes, rate: float, burst: float, now: float, max_debt: float = 0.0) -> Decision:
@@ -143,21 +165,25 @@ class SharedMemory:
     def __init__(self, path: str, worker: int = 0):
         self.fd = os.open(path, os.O_RDWR)
         self.map = mmap.mmap(self.fd, 0)
-        magic, rate_buckets, gauge_buckets = HEADER.unpack_from(self.map, 0)
+        magic, rate_buckets, gauge_buckets, workers = HEADER.unpack_from(self.map, 0)
         if magic != MAGIC:
             raise ValueError(f"{path} is not an edgeplane shared-memory file")
         self.rate_buckets, self.gauge_buckets = rate_buckets, gauge_buckets
         self.gauges_at = HEADER.size + rate_buckets * BUCKET
         self.column = worker % COLUMNS
+        self.lease_share = LEASE_SHARE / max(1, workers)  # of a bucket, for one worker's lease
+        # key → [tokens left, until, rate, what remains in the bucket (-1: refused until then)]
+        self.leases: dict[bytes, list] = {}
 
     @staticmethod
-    def create(path: str, rate_slots: int = RATE_SLOTS, gauge_slots: int = GAUGE_SLOTS) -> None:
+    def create(path: str, rate_slots: int = RATE_SLOTS, gauge_slots: int = GAUGE_SLOTS, workers: int = 1) -> None:
+        """`workers`: how many processes will share the file (they split the lease share)."""
         rate_buckets, gauge_buckets = max(1, rate_slots // WAYS), max(1, gauge_slots // WAYS)
         size = HEADER.size + (rate_buckets + gauge_buckets) * BUCKET
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.ftruncate(fd, size)
-            os.pwrite(fd, HEADER.pack(MAGIC, rate_buckets, gauge_buckets), 0)
+            os.pwrite(fd, HEADER.pack(MAGIC, rate_buckets, gauge_buckets, workers), 0)
         finally:
             os.close(fd)
 
@@ -167,7 +193,8 @@ class SharedMemory:
 
     # --- rates ------------------------------------------------------------------------
 
-    def update(self, key: bytes, step: Callable, *args: float) -> Decision:
+    def update(self, key: bytes, step: Callable, *args: float) -> tuple:
+        """`step` on the key's record, under its bucket's lock: what the step decided."""
         hashed = key_hash(key)
         start = HEADER.size + hashed % self.rate_buckets * BUCKET
         fcntl.lockf(self.fd, fcntl.LOCK_EX, BUCKET, start)
@@ -180,7 +207,32 @@ class SharedMemory:
             fcntl.lockf(self.fd, fcntl.LOCK_UN, BUCKET, start)
 
     def token_bucket(self, key: bytes, rate: float, burst: float, now: float, max_debt: float = 0.0) -> Decision:
-        return self.update(key, bucket_step, now, rate, burst, max_debt)
+        lease = self.leases.get(key)
+        if lease is not None and now < lease[1] and lease[2] == rate:
+            if lease[0] >= 1.0:
+                lease[0] -= 1.0
+                return True, lease[3] + int(lease[0]), 0.0
+            if lease[3] < 0:  # refused until then: no token can come sooner (but one given back)
+                return False, 0, lease[1] - now
+        if max_debt:  # shaping: each wait is computed exactly, under the lock
+            return self.update(key, bucket_step, now, rate, burst, max_debt)
+        return self.renew(key, lease, int(min(burst, rate) * self.lease_share), rate, burst, now)
+
+    def renew(self, key: bytes, lease: list | None, size: int, rate: float, burst: float, now: float) -> Decision:
+        """A decision under the lock, taking up to `size` tokens: the first for this request,
+        the others kept as this worker's lease; a refusal is remembered until a token is due."""
+        leases = self.leases
+        if lease is not None:
+            del leases[key]
+        elif len(leases) >= LOCAL_KEYS:
+            del leases[next(iter(leases))]  # the oldest: what it held is not given back
+        unused = lease[0] if lease is not None and lease[2] == rate else 0.0
+        decision, taken = self.update(key, lease_step, now, rate, burst, max(1, size), unused)
+        if taken > 1:
+            leases[key] = [taken - 1.0, now + LEASE_TTL, rate, decision[1] - taken + 1]
+        elif not taken:
+            leases[key] = [0.0, now + decision[2], rate, -1]
+        return decision
 
     def sliding_window(self, key: bytes, limit: float, window: float, now: float) -> Decision:
         return self.update(key, window_step, now, limit, window)
