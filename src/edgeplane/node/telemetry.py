@@ -19,12 +19,6 @@ from typing import IO
 
 import orjson
 
-LOG_FIELDS = (
-    "time", "request_id", "client", "method", "host", "uri", "status", "bytes_in", "bytes_out",
-    "application", "rule", "upstream", "upstream_addr", "upstream_status", "duration_ms",
-    "connect_ms", "upstream_ms", "error", "worker", "config_version", "tls_version", "ja4",
-    "tls_client_identity", "tls_client_fingerprint", "attempts", "retry", "circuit_breaker", "consumer",
-)
 ENCODE_SLICE = 256  # records encoded between two turns of the event loop
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
@@ -204,28 +198,36 @@ class AccessLog:
 
     def encode(self, batch: list[tuple]) -> bytes:
         wall = time.time() - time.monotonic()  # monotonic → wall clock, once per batch
-        worker, dumps = self.worker, orjson.dumps
+        worker, dumps, newline = self.worker, orjson.dumps, orjson.OPT_APPEND_NEWLINE
         lines = []
+        append = lines.append
         for record in batch:
             if type(record) is dict:
-                lines.append(dumps(record))
+                append(dumps(record, option=newline))
                 continue
             (start, end, request_id, client, method, host, target, status, bytes_in, bytes_out, app, rule,
              upstream, upstream_addr, upstream_status, connected_at, sent_at, error, version, tls, attempts, retried,
              breaker_limit, consumer) = record
-            identity = tls.identity if tls is not None else None
-            lines.append(dumps(dict(zip(LOG_FIELDS, (
-                round(wall + start, 6), request_id.decode("latin-1") or None, client, method or None, host,
-                target.decode("latin-1") if target is not None else None, status, bytes_in, bytes_out, app,
-                rule, upstream, upstream_addr, upstream_status or None, round((end - start) * 1000, 3),
-                round((connected_at - start) * 1000, 3) if connected_at else None,
-                round((end - sent_at) * 1000, 3) if sent_at else None, error or None, worker, version,
-                tls.version if tls is not None else None, tls.ja4 if tls is not None else None,
-                identity.primary or None if identity is not None else None,
-                identity.fingerprint or None if identity is not None else None, attempts,
-                retried.rstrip(",") or None, breaker_limit or None, consumer or None)))))
-        lines.append(b"")
-        return b"\n".join(lines)
+            tls_version = ja4 = identity = fingerprint = None
+            if tls is not None:
+                tls_version, ja4, verified = tls.version, tls.ja4, tls.identity
+                if verified is not None:
+                    identity, fingerprint = verified.primary or None, verified.fingerprint or None
+            # Times to the microsecond: int() and a division, which round() takes ten times as long for.
+            append(dumps({
+                "time": int((wall + start) * 1e6 + 0.5) / 1e6, "request_id": request_id.decode("latin-1") or None,
+                "client": client, "method": method or None, "host": host,
+                "uri": target.decode("latin-1") if target is not None else None, "status": status,
+                "bytes_in": bytes_in, "bytes_out": bytes_out, "application": app, "rule": rule,
+                "upstream": upstream, "upstream_addr": upstream_addr, "upstream_status": upstream_status or None,
+                "duration_ms": int((end - start) * 1e6 + 0.5) / 1e3,
+                "connect_ms": int((connected_at - start) * 1e6 + 0.5) / 1e3 if connected_at else None,
+                "upstream_ms": int((end - sent_at) * 1e6 + 0.5) / 1e3 if sent_at else None,
+                "error": error or None, "worker": worker, "config_version": version, "tls_version": tls_version,
+                "ja4": ja4, "tls_client_identity": identity, "tls_client_fingerprint": fingerprint,
+                "attempts": attempts, "retry": retried.rstrip(",") or None, "circuit_breaker": breaker_limit or None,
+                "consumer": consumer or None}, option=newline))
+        return b"".join(lines)
 
     def _write(self, data: bytes, records: int) -> None:
         if self.stream is not None:
