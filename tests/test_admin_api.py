@@ -141,6 +141,28 @@ def test_every_write_is_a_recorded_change_with_actor_and_before_after(admin):
     assert change["before"] == UPSTREAM and change["after"] == {**UPSTREAM, "balance": "ewma"}
 
 
+def test_a_batch_records_one_change_per_object_it_creates_replaces_or_deletes(admin):
+    service, client = admin
+    client.post("/api/v1/upstreams", json=UPSTREAM)
+    client.post("/api/v1/upstreams", json={**UPSTREAM, "name": "old"})
+    response = client.post("/api/v1/batch", json={"items": [
+        {"kind": "upstreams", "name": "api", "data": {**UPSTREAM, "balance": "ewma"}},
+        {"kind": "upstreams", "name": "old"},
+        *[{"kind": "applications", "name": f"web{i}", "data": {**APP, "name": f"web{i}", "domains": [f"{i}.example"]}}
+          for i in range(3)]]})
+    assert response.status_code == 200, response.text
+    ids = response.json()["ids"]
+    changes = {c["id"]: c for c in client.get("/api/v1/changes", params={"limit": 10}).json()["items"]}
+    assert [(changes[i]["op"], changes[i]["name"]) for i in ids] == [
+        ("update", "api"), ("delete", "old"), ("create", "web0"), ("create", "web1"), ("create", "web2")]
+    assert changes[ids[0]]["before"] == UPSTREAM and changes[ids[0]]["after"] == {**UPSTREAM, "balance": "ewma"}
+    stored = {(r.kind, r.name): r.change_id for r in rows(service, schema.objects)}
+    assert ("upstreams", "old") not in stored
+    assert [stored[("upstreams", "api")], *(stored[("applications", f"web{i}")] for i in range(3))] == \
+        [ids[0], *ids[2:]]
+    assert client.get("/api/v1/applications/web2").json()["domains"] == ["2.example"]
+
+
 def test_private_keys_are_encrypted_at_rest_and_redacted_in_answers(admin, tmp_path):
     import trustme
     service, client = admin
@@ -158,7 +180,7 @@ def test_private_keys_are_encrypted_at_rest_and_redacted_in_answers(admin, tmp_p
     # what GET shows can be sent back: the redacted key keeps the stored one
     assert client.put("/api/v1/certificates/web", json=client.get("/api/v1/certificates/web").json()).status_code == 200
     with service.store.transaction() as connection:
-        assert service.draft.fetch(connection, [("certificates", "web")])[0][2]["key"] == key
+        assert service.draft.one(connection, "certificates", "web").instance.key == key
 
 
 def test_sdk_apply_is_declarative_and_idempotent(admin, tmp_path):

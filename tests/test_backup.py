@@ -44,7 +44,7 @@ def test_a_backup_restores_into_an_empty_store_of_the_other_backend(tmp_path, so
         assert again.releases()[0]["note"] == "before backup"
         assert again.release_snapshot(released["version"])["config"]["applications"][0]["name"] == "home"
         with restored.store.reading() as connection:
-            assert restored.draft.fetch(connection, [("certificates", "web")])[0][2]["key"] == key
+            assert restored.draft.one(connection, "certificates", "web").instance.key == key
         assert again.release()["version"] == released["version"] + 1, "the counter came along"
         assert again.create_user("carol", "carol-password")  # id sequences moved past the rows
         client.__exit__(None, None, None)

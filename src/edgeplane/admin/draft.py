@@ -18,8 +18,9 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 
+from ..collector import collector_paused, settle_collector
 from ..model.config import Config
 from ..model.kinds import KINDS, Kind, canonical, digest, object_key
 from ..model.load import Problem, problems_of
@@ -80,6 +81,7 @@ def validate(kind: Kind, data: Any, prefix: str = "") -> BaseModel:
 
 RESTORING = ("discard", "rollback")  # changes that put back released objects: never pending themselves
 CONTROLLED = "canary"  # the canary controller's changes: released as they are made, never pending
+BULK = 1000  # objects validated at once after which the collector is settled
 _INDEXED = re.compile(r"^([a-z_]+)\[(\d+)\]")
 
 
@@ -101,17 +103,33 @@ class Draft:
 
     def _load(self, connection: Connection) -> dict[tuple[str, str], Stored]:
         rows = connection.execute(select(schema.objects.c.kind, schema.objects.c.name, schema.objects.c.hash)).all()
-        missing = [(r.kind, r.name) for r in rows if (hit := self.cache.get((r.kind, r.name))) is None
-                   or hit.hash != r.hash]
-        for kind, name, data in self.fetch(connection, missing):
-            stored = Stored.of(kind, name, KINDS[kind].model.model_validate(data))
-            self.cache[(kind, name)] = stored
+        missing = {(r.kind, r.name): r.hash for r in rows
+                   if (hit := self.cache.get((r.kind, r.name))) is None or hit.hash != r.hash}
+        with collector_paused():
+            for kind, name, text in self.fetch(connection, list(missing)):
+                self.cache[(kind, name)] = self.stored(kind, name, text, missing[(kind, name)])
         present = {(r.kind, r.name) for r in rows}
         for key in [k for k in self.cache if k not in present]:
             del self.cache[key]
+        if len(missing) >= BULK:
+            settle_collector()
         return dict(self.cache)
 
-    def fetch(self, connection: Connection, keys: list[tuple[str, str]]) -> list[tuple[str, str, dict]]:
+    def one(self, connection: Connection, kind: str, name: str) -> Stored | None:
+        """One object of the draft (without reading the others)."""
+        table = schema.objects
+        row = connection.execute(select(table.c.hash).where(table.c.kind == kind, table.c.name == name)).first()
+        if row is None:
+            return None
+        with self.cache_lock:
+            hit = self.cache.get((kind, name))
+            if hit is None or hit.hash != row.hash:
+                (_, _, text), = self.fetch(connection, [(kind, name)])
+                hit = self.cache[(kind, name)] = self.stored(kind, name, text, row.hash)
+        return hit
+
+    def fetch(self, connection: Connection, keys: list[tuple[str, str]]) -> list[tuple[str, str, str]]:
+        """(kind, name, stored text) of these objects."""
         if not keys:
             return []
         table = schema.objects
@@ -124,7 +142,15 @@ class Draft:
                 names = [n for k, n in keys if k == kind]
                 rows += connection.execute(select(table.c.kind, table.c.name, table.c.data)
                                            .where(table.c.kind == kind, table.c.name.in_(names))).all()
-        return [(r.kind, r.name, self.open(r.kind, r.data)) for r in rows if (r.kind, r.name) in wanted]
+        return [(r.kind, r.name, r.data) for r in rows if (r.kind, r.name) in wanted]
+
+    def stored(self, kind: str, name: str, text: str, stored_hash: str) -> Stored:
+        """An object as stored: without secrets its stored text is already its canonical
+        form, used as it is (not dumped again)."""
+        instance = KINDS[kind].model.model_validate(self.open(kind, text))
+        if KINDS[kind].secret_paths:
+            return Stored.of(kind, name, instance)
+        return Stored(kind, name, instance, text.encode(), stored_hash)
 
     def open(self, kind: str, text: str | bytes) -> dict:
         return self.box.open(orjson.loads(text), KINDS[kind].secret_paths)
@@ -160,9 +186,16 @@ class Draft:
             else:
                 after[key] = Stored.of(edit.kind, edit.name, edit.instance)
         self.check(after)
-        return [self.record(connection, actor, current.get(key), after.get(key), key, op)
-                for key in dict.fromkeys((e.kind, e.name) for e in edits)
+        keys = [key for key in dict.fromkeys((e.kind, e.name) for e in edits)
                 if _hash(current.get(key)) != _hash(after.get(key))]
+        changes = self.record(connection, actor, [(key, current.get(key), after.get(key)) for key in keys], op)
+        with self.cache_lock:  # what the next load finds (kept only while the stored hash matches)
+            for key in keys:
+                if key in after:
+                    self.cache[key] = after[key]
+                else:
+                    self.cache.pop(key, None)
+        return changes
 
     def check(self, objects: dict[tuple[str, str], Stored]) -> Config:
         """The whole draft as one `Config`: cross-object references, names, domains."""
@@ -183,32 +216,49 @@ class Draft:
             problems = problems_of(error.errors(include_url=False))
             raise Invalid([Problem(_named(p.path, order), p.message) for p in problems]) from None
 
-    def record(self, connection: Connection, actor: str, before: Stored | None, after: Stored | None,
-               key: tuple[str, str], op: str | None = None) -> dict:
+    def record(self, connection: Connection, actor: str,
+               edits: list[tuple[tuple[str, str], Stored | None, Stored | None]], op: str | None = None) -> list[dict]:
+        """Record one change per (key, before, after) and write the objects: a statement per
+        kind of write, however many objects (10,000 applications are a few statements)."""
+        now = time.time()
+        changes = [self.change(actor, now, key, before, after, op) for key, before, after in edits]
+        if not changes:
+            return []
+        table = schema.changes
+        ids = connection.execute(table.insert().returning(table.c.id, sort_by_parameter_order=True),
+                                 changes).scalars().all()
+        writes: dict[str, list[dict]] = {"insert": [], "update": [], "delete": []}
+        for change_id, change, (_key, before, after) in zip(ids, changes, edits, strict=True):
+            change["id"] = change_id
+            row = {"k": change["kind"], "n": change["name"]}
+            if after is not None:
+                row |= {"data": change["after"], "hash": after.hash, "change_id": change_id}
+            writes["delete" if after is None else "insert" if before is None else "update"].append(row)
+        objects = schema.objects
+        where = (objects.c.kind == bindparam("k")) & (objects.c.name == bindparam("n"))
+        if writes["insert"]:
+            connection.execute(objects.insert().values(kind=bindparam("k"), name=bindparam("n")), writes["insert"])
+        if writes["update"]:
+            connection.execute(objects.update().where(where), writes["update"])
+        if writes["delete"]:
+            connection.execute(objects.delete().where(where), writes["delete"])
+        return changes
+
+    def change(self, actor: str, at: float, key: tuple[str, str], before: Stored | None, after: Stored | None,
+               op: str | None) -> dict:
+        """The change record of one object (its id comes from the store)."""
         kind, name = key
         scope = KINDS[kind]
-        touched = [scope.partitions_of(orjson.loads(s.data)) for s in (before, after) if s is not None]
+        touched = [set(s.instance.partitions) if scope.partitioned else None for s in (before, after) if s is not None]
         partitions = None if any(t is None for t in touched) else sorted(set().union(*touched))
         op = op or ("create" if before is None else "delete" if after is None else "update")
-        change = {
-            "at": time.time(), "actor": actor, "kind": kind, "name": name, "op": op,
+        return {
+            "at": at, "actor": actor, "kind": kind, "name": name, "op": op,
             "before": self.seal(kind, before.data) if before else None,
             "after": self.seal(kind, after.data) if after else None,
             "partitions": orjson.dumps(partitions).decode() if partitions is not None else None,
             "discarded": op in RESTORING or op == CONTROLLED,
         }
-        change_id = connection.execute(schema.changes.insert().values(**change)).inserted_primary_key[0]
-        table = schema.objects
-        where = (table.c.kind == kind) & (table.c.name == name)
-        if after is None:
-            connection.execute(table.delete().where(where))
-        elif before is None:
-            connection.execute(table.insert().values(kind=kind, name=name, data=change["after"], hash=after.hash,
-                                                     change_id=change_id))
-        else:
-            connection.execute(table.update().where(where).values(data=change["after"], hash=after.hash,
-                                                                  change_id=change_id))
-        return {"id": change_id, **change}
 
 
 def _hash(stored: Stored | None) -> str | None:

@@ -36,8 +36,7 @@ class Nodes:
         self.deltas_lock = threading.Lock()
 
     def cluster_partition(self, connection: Connection, cluster: str) -> tuple[str, bool]:
-        objects = self.draft.load(connection)
-        stored = objects.get(("clusters", cluster))
+        stored = self.draft.one(connection, "clusters", cluster)
         if stored is None:
             raise NotFound(f"no cluster named {cluster!r}")
         return stored.instance.partition, stored.instance.auto_approve

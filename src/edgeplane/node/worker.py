@@ -11,7 +11,6 @@ what is in flight, exit.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import os
 import signal
@@ -19,13 +18,12 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import uvloop
 
+from ..collector import collector_paused, settle_collector
 from ..model.load import ConfigError, Problem, parse, read
 from .access import AccessState
 from .client import ClientConnection, Rejection
@@ -63,32 +61,6 @@ def file_signature(path: Path) -> tuple:
     except OSError:
         return ()
     return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-@contextmanager
-def collector_paused() -> Iterator[None]:
-    """Validating and compiling a config make objects that live on, millions for a large
-    one; the cyclic collector would scan them again and again on the way (a third of the
-    time at 100,000 applications). What became garbage meanwhile is collected later."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
-def settle_collector() -> None:
-    """At a runtime swap: collect the previous runtime's cycles once, now, and set what lives
-    on aside (`gc.freeze`), so that no collection while serving walks millions of compiled
-    objects again: at 100,000 applications the first collections after a compile took
-    seconds each, stalling every connection of the worker. (A runtime still held by requests
-    in flight at the swap is set aside with the rest; the next swap collects it.)"""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
 
 
 def open_listener(host: str, port: int) -> socket.socket:
