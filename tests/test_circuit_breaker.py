@@ -7,6 +7,7 @@ still waiting, which is what "fails fast" means here (no clock is read to judge 
 
 from __future__ import annotations
 
+import socket
 import threading
 
 from test_reload import get, wait_for
@@ -47,14 +48,39 @@ def test_the_breaker_opens_fails_fast_and_closes_again(node, backend):
         thread.join(30)
     assert held == [200, 200]
     assert get(port, timeout=30)[0] == 200  # room again: the breaker closes
-    events = [(t["source"], t["state"], t["cause"]) for t in started.status()["transitions"]]
-    assert events == [("circuit_breaker", "open", "max_requests (2) reached"),
-                      ("circuit_breaker", "closed", "max_requests has room again")]
+    expected = [("circuit_breaker", "open", "max_requests (2) reached"),
+                ("circuit_breaker", "closed", "max_requests has room again")]
+    assert [(t["source"], t["state"], t["cause"]) for t in started.status()["transitions"]] == expected
     metrics = started.metrics()
     assert 'edgeplane_circuit_breaker_rejected_total{upstream="up",limit="max_requests"} 3' in metrics
+    for state in ("open", "closed"):
+        assert ('edgeplane_upstream_transitions_total{upstream="up",endpoint="",'
+                f'source="circuit_breaker",state="{state}"}} 1') in metrics
     assert slow.stats()["requests"] == 3
-    logged = [line.get("circuit_breaker") for line in started.access_log(wait_for=8) if "status" in line]
-    assert logged.count("max_requests") == 3
+    log = started.access_log(wait_for=8)
+    assert [line.get("circuit_breaker") for line in log if "status" in line].count("max_requests") == 3
+    assert [(t["source"], t["state"], t["cause"]) for t in log if t.get("event") == "transition"] == expected
+
+
+def test_max_pending_requests_refuses_a_request_while_another_waits_for_its_connection(node):
+    # A server that never accepts, its queue (of one) filled by the test: the node's attempts
+    # to connect wait, their SYNs dropped, until the connect timeout.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            port = free_port()
+            started = node(app_config([{"address": "127.0.0.1", "port": listener.getsockname()[1]}], port,
+                                      upstream={"circuit_breaker": {"max_pending_requests": 1},
+                                                "timeouts": {"connect": "5s"}}))
+            threads, held = hold(port, 1)
+            wait_for(lambda: breaker_state(started)["pending"] == 1, what="one request waiting for a connection")
+            status, _, body = get(port)
+            assert threads[0].is_alive(), "the refused request waited for the pending one"
+            assert status == 503 and b"max_pending_requests (1) reached" in body
+            threads[0].join(30)
+    assert held == [504]  # its connect timed out
+    assert breaker_state(started)["open"] == ["max_pending_requests"], "open until a request fits again"
 
 
 def test_max_connections_refuses_a_request_that_would_need_one_more_connection(node, backend):

@@ -161,3 +161,42 @@ def test_a_prober_outlives_failing_to_tell_or_record_its_verdicts(refused_port):
         ("health_check_error", "OSError: [Errno 28] No space left on device")]
     # Probe 1: the verdict, its record failing; probe 2: telling fails; probe 3: told. No change since.
     assert [len(message["failing"]) for message in told] == [1, 1]
+
+
+def test_a_probe_is_the_configured_request_judged_by_status_body_and_timeout_against_rise_and_fall():
+    """The master's runner alone, against a server answering each probe as the test says."""
+    answers = [(200, b"ok"), (500, b"ok"), (200, b"ok"), (200, b"nope"), None, (200, b"ok"), (200, b"ok")]
+    heads: list[bytes] = []
+    recorded: list[dict] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        given = answers[len(heads) - 1] if len(heads) <= len(answers) else (200, b"ok")
+        if given is None:
+            await asyncio.sleep(1)  # no answer: the probe's 0.2 s timeout fails it
+        else:
+            status, body = given
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
+        writer.close()
+
+    async def probe_a_while() -> None:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        runner = HealthRunner(lambda message: None, recorded.append, lambda event, **fields: None)
+        runner.apply_config(Config.model_validate({"upstreams": [{
+            "name": "up", "servers": [{"address": "127.0.0.1", "port": port}],
+            "health_check": {"path": "/ready", "host": "probe.internal", "statuses": ["200-204"], "body": "^ok$",
+                             "interval": "10ms", "timeout": "200ms", "rise": 2, "fall": 2}}]}))
+        while runner.status()["up"][f"127.0.0.1:{port}"]["checks"] < len(answers):
+            await asyncio.sleep(0.01)
+        runner.close()
+        server.close()
+
+    asyncio.run(asyncio.wait_for(probe_a_while(), 30))
+    assert heads[0].startswith(b"GET /ready HTTP/1.1\r\nHost: probe.internal\r\n")
+    # A failure between passes starts the count again: only two in a row (a body that does not
+    # match, then no answer in time) make the server unhealthy, and two passes bring it back.
+    assert [(event["state"], event["cause"]) for event in recorded] == [
+        ("healthy", "first check passed"),
+        ("unhealthy", "2 consecutive checks failed (last: no answer within 0.2s)"),
+        ("healthy", "2 consecutive checks passed")]

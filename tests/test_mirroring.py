@@ -35,7 +35,7 @@ def post(port: int, body: bytes, path: str = "/") -> dict:
 
 
 def test_a_slow_and_failing_shadow_never_delays_or_fails_the_client(node, echo, backend):
-    main, shadow = echo("main"), backend("shadow", delay=2.0, status=503)
+    main, shadow = echo("main"), backend("shadow", delay=5.0, status=503)
     port = free_port()
     started = node(mirrored_config(port, main, shadow))
     for _ in range(10):

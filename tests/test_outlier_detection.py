@@ -42,6 +42,19 @@ def test_a_slow_server_is_ejected_and_readmitted_once_its_ejection_ends(node, ba
     assert "slow" in {json.loads(get(port)[2])["pod"] for _ in range(10)}
     assert recovered.stats()["requests"] > 0
 
+    # Who, why and when, in the metrics and the access log as in /status.
+    endpoint = f"127.0.0.1:{slow.port}"
+    metrics = started.metrics()
+    for state in ("ejected", "returned"):
+        assert (f'edgeplane_upstream_transitions_total{{upstream="up",endpoint="{endpoint}",'
+                f'source="outlier_detection",state="{state}"}} 1') in metrics
+
+    def logged() -> list[dict]:
+        return [line for line in started.access_log() if line.get("event") == "transition"]
+    wait_for(lambda: len(logged()) == 2, what="both transitions in the access log")
+    keys = ("time", "upstream", "endpoint", "source", "state", "cause", "worker")
+    assert [{k: line[k] for k in keys} for line in logged()] == [{k: t[k] for k in keys} for t in transitions(started)]
+
 
 def test_ejection_never_takes_more_than_max_ejection_percent_of_the_servers(node, echo):
     servers = [echo(f"s{n}") for n in range(4)]
