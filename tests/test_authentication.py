@@ -9,6 +9,8 @@ import hmac
 import http.client
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -308,6 +310,25 @@ def test_basic_auth_checks_the_password_hash_and_remembers_it(echo, node):
         status, answer, _ = get(port, headers=headers)
         assert (status, answer["www-authenticate"]) == (401, challenge)
     assert 'edgeplane_auth_refused_total{provider="staff"} 4' in started.metrics()  # after a wait too
+
+
+def test_edgeplane_hash_key_and_hash_password_make_credentials_the_node_accepts(echo, node):
+    def cli(*args: str, given: str = "") -> str:
+        return subprocess.run([sys.executable, "-m", "edgeplane.cli", *args], input=given, capture_output=True,
+                              text=True, check=True, timeout=60).stdout
+    made = dict(line.split(":", 1) for line in cli("hash-key").splitlines())
+    key, digest = made["key"].strip(), made["hash"].strip()
+    assert cli("hash-key", "--stdin", given=key + "\n").strip() == digest
+    port = free_port()
+    providers = [{"name": "keys", "api_key": {}}, {"name": "staff", "basic": {}}]
+    rules = [{"conditions": [{"var": "path", "op": "eq", "values": ["/k"]}], "actions": [{"authenticate": {"provider": "keys"}}]},
+             {"conditions": [{"var": "path", "op": "eq", "values": ["/b"]}], "actions": [{"authenticate": {"provider": "staff"}}]},
+             {"actions": [{"proxy": {"upstream": "up"}}]}]
+    consumers = [{"name": "partner", "api_keys": [digest]},
+                 {"name": "ops", "basic": {"username": "olga", "password": cli("hash-password", given="pw 1\n").strip()}}]
+    node(auth_config(echo(), port, providers, rules, consumers))
+    assert [get(port, "/k", {"X-Api-Key": key})[0], get(port, "/k", {"X-Api-Key": key[:-1]})[0]] == [200, 401]
+    assert [get(port, "/b", basic("olga", "pw 1"))[0], get(port, "/b", basic("olga", "pw 2"))[0]] == [200, 401]
 
 
 # --- external authorization ---------------------------------------------------------------

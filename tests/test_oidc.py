@@ -3,6 +3,7 @@ following redirects) and the test's own provider (tests/oidc_provider.py)."""
 
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import json
 import time
@@ -122,3 +123,24 @@ def test_a_request_other_than_get_without_session_gets_401(shop):
     except urllib.error.HTTPError as error:
         assert error.code == 401
         assert error.headers["WWW-Authenticate"] == 'Bearer realm="login"'
+
+
+def test_an_unreachable_provider_answers_503_and_the_node_keeps_serving(echo, node):
+    """Discovery cannot connect: the login route answers 503 with Retry-After (again for the
+    next request, which does not wait for another try), and routes without the provider work."""
+    port, nowhere = free_port(), free_port()
+    config = app_config([echo().server()], port, [
+        {"conditions": [{"var": "path", "op": "eq", "values": ["/"]}], "actions": [{"respond": {"body": "home\n"}}]},
+        {"actions": [{"authenticate": {"provider": "login"}}, {"proxy": {"upstream": "up"}}]}])
+    config["auth_providers"] = [{"name": "login", "oidc": {
+        "issuer": f"http://127.0.0.1:{nowhere}", "client_id": CLIENT_ID, "session_secret": SESSION_SECRET}}]
+    node(config)
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/account")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (
+            503, b"503 Service Unavailable: the identity provider cannot be reached\n")
+        assert response.getheader("Retry-After") == "5"
+        conn.close()
+    assert visit(browser()[0], f"http://127.0.0.1:{port}/")[::2] == (200, b"home\n")

@@ -201,6 +201,40 @@ def cmd_export_gateway_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    """A new API key and its digest, or the digest of a key read from standard input."""
+    from .node.auth.credentials import hash_api_key, new_api_key
+    if args.stdin:
+        key = sys.stdin.readline().strip()
+        if not key:
+            print("edgeplane hash-key --stdin: no key on standard input", file=sys.stderr)
+            return 1
+        print(hash_api_key(key))
+        return 0
+    key = new_api_key()
+    print(f"key:  {key}")  # for the consumer: it is kept nowhere
+    print(f"hash: {hash_api_key(key)}")  # for the consumer's api_keys
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """The scrypt hash of a password read from standard input (or asked for on a terminal)."""
+    from .node.auth.credentials import hash_password
+    if sys.stdin.isatty():
+        import getpass
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("edgeplane hash-password: the two passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("edgeplane hash-password: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="edgeplane", description="Traffic-management platform.")
     sub = top.add_subparsers(dest="command", required=True)
@@ -277,6 +311,11 @@ def parser() -> argparse.ArgumentParser:
     gateway_out.add_argument("--endpoints", metavar="FILE", help="also write the endpoints file of the Services")
     gateway_out.add_argument("-o", "--output", help="write the manifests here instead of stdout")
     gateway_out.set_defaults(run=cmd_export_gateway_api)
+    hash_key = sub.add_parser("hash-key", help="make an API key and the digest a consumer's api_keys holds")
+    hash_key.add_argument("--stdin", action="store_true", help="print the digest of a key read from standard input")
+    hash_key.set_defaults(run=cmd_hash_key)
+    hash_pw = sub.add_parser("hash-password", help="the scrypt hash of a password, for basic auth consumers")
+    hash_pw.set_defaults(run=cmd_hash_password)
     from .cli_control import add_commands
     add_commands(sub)
     return top
