@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+from edgeplane.node.auth.oidc import Sealer
 from oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider
 
 from conftest import app_config, free_port
@@ -126,8 +127,9 @@ def test_a_request_other_than_get_without_session_gets_401(shop):
 
 
 def test_an_unreachable_provider_answers_503_and_the_node_keeps_serving(echo, node):
-    """Discovery cannot connect: the login route answers 503 with Retry-After (again for the
-    next request, which does not wait for another try), and routes without the provider work."""
+    """Discovery cannot connect: a request that must log in gets 503 with Retry-After (again
+    the next one, which does not wait for another try); routes without the provider and
+    requests of a live session are served."""
     port, nowhere = free_port(), free_port()
     config = app_config([echo().server()], port, [
         {"conditions": [{"var": "path", "op": "eq", "values": ["/"]}], "actions": [{"respond": {"body": "home\n"}}]},
@@ -144,3 +146,12 @@ def test_an_unreachable_provider_answers_503_and_the_node_keeps_serving(echo, no
         assert response.getheader("Retry-After") == "5"
         conn.close()
     assert visit(browser()[0], f"http://127.0.0.1:{port}/")[::2] == (200, b"home\n")
+    # A live session needs no provider: it is let through, its claims go upstream.
+    now = time.time()
+    session = Sealer(SESSION_SECRET, b"session").seal({"claims": {"sub": "ann"}, "refresh": None, "id_token": "",
+                                                        "expires": now + 60, "started": now})
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/account", headers={"Cookie": f"edgeplane_session={session}"})
+    response = conn.getresponse()
+    assert response.status == 200 and json.loads(response.read())["path"] == "/account"
+    conn.close()

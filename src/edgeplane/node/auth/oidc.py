@@ -241,9 +241,26 @@ def compile_oidc(name: str, config: OidcProvider, state: Any) -> Step:
         accept(request, session)
         return None
 
+    def signed_in(request: Any) -> bool:
+        """A request of a live session (not to the callback or logout paths): accepted
+        without the provider, which it needs only to log in, refresh or log out."""
+        if request.path in (config.redirect_path, config.logout_path):
+            return False
+        session = sessions.open((request.cookie(cookie) or [""])[0])
+        now = time.time()
+        if (session is None or session.get("started", 0) + config.session_lifetime <= now
+                or session.get("expires", 0) <= now):
+            return False
+        accept(request, session)
+        return True
+
     def authenticate_oidc(request: Any, ops: list) -> Any:
         if discovery.document is None or time.monotonic() - discovery.fetched > config.discovery_refresh:
             if discovery.document is None:
+                if signed_in(request):
+                    if not discovery.failing:
+                        discovery.load()  # in the background, for the logins to come
+                    return None
                 return unavailable if discovery.failing else Suspend(discovered(request, ops))
             discovery.load()  # in the background: this request goes on with what is known
         return decide(request, ops)
