@@ -124,3 +124,29 @@ def test_counting_moves_to_redis_once_it_comes_back(echo, node, prefix, tmp_path
     finally:
         redis_server.kill()
         redis_server.wait()
+
+
+def test_the_redis_sliding_window_decides_and_shapes_as_the_node_does(prefix):
+    """The Lua script against `shared.window_step`, from the same states (a 100 s window, so
+    the moment hardly moves between the two): admitted now, delayed within this window,
+    delayed into the next, refused because the next window is full."""
+    import math
+
+    from edgeplane.node.cluster_limits import SLIDING_WINDOW
+    from edgeplane.node.shared import window_step
+    client = redis.Redis.from_url(REDIS_URL)
+    script = client.register_script(SLIDING_WINDOW)
+    window, max_wait = 100.0, 1000.0
+    for index, (previous, count, later) in enumerate([(1, 1, 0), (4, 3, 0), (0, 4, 0), (0, 4, 4)]):
+        key = f"{prefix}shape{index}"
+        now = time.time()
+        current = math.floor(now / window)
+        client.hset(key, mapping={"window": current, "previous": previous, "count": count, "later": later})
+        admitted, remaining, wait = script(keys=[key], args=[4, window, max_wait])
+        state, (expected, expected_remaining, expected_wait) = window_step(
+            (current, previous, count, later), now, 4, window, max_wait)
+        assert (bool(admitted), int(remaining)) == (expected, expected_remaining), (previous, count, later)
+        assert abs(float(wait) - expected_wait) < 1.0, (previous, count, later)
+        stored = [float(v) for v in client.hmget(key, "previous", "count", "later")]
+        assert stored == list(state[1:]), (previous, count, later)
+    client.close()

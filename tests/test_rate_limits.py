@@ -9,7 +9,9 @@ import multiprocessing
 import threading
 import time
 
-from edgeplane.node.shared import SharedMemory
+import pytest
+
+from edgeplane.node.shared import LocalMemory, SharedMemory
 
 from conftest import app_config, free_port
 
@@ -122,6 +124,32 @@ def test_shaping_delays_within_max_delay_then_refuses(echo, node):
     for thread in threads:
         thread.join()
     assert 429 in results and 200 in results
+
+
+def test_a_shaping_sliding_window_delays_into_this_window_or_the_next_then_refuses():
+    """4 per 10 s, max_delay 10 s. A delayed request goes when the sliding estimate, itself
+    included, is back at the limit, and is counted in the window it goes in."""
+    memory = LocalMemory()
+    decide = lambda now: memory.sliding_window(b"k", 4, 10.0, now, 10.0)  # noqa: E731
+    assert [decide(105.0) for _ in range(4)] == [(True, 3, 0.0), (True, 2, 0.0), (True, 1, 0.0), (True, 0, 0.0)]
+    assert decide(105.0) == (True, 0, pytest.approx(7.5))  # at 112.5 s: 4 × 0.75 + 1 = 4
+    assert decide(105.0) == (True, 0, pytest.approx(10.0))  # at 115 s: 4 × 0.5 + 2 = 4
+    admitted, remaining, wait = decide(105.0)  # 12.5 s away: beyond max_delay
+    assert (admitted, remaining, round(wait, 6)) == (False, 0, 12.5)
+    # The next window counts the two put there: at 112.5 s the first place is the previous
+    # window's fading share at 117.5 s (4 × 0.25 + 3 = 4), within this window.
+    assert decide(112.5) == (True, 0, pytest.approx(5.0))
+
+
+def test_shaping_works_for_sliding_windows_through_a_node(echo, node):
+    """2 per second, max_delay 1 s: a third request in the second half of a window waits for
+    room in the next one instead of being refused. The node's clock is the test's (one
+    monotonic clock per machine), so the test starts the requests just past mid-window."""
+    port = free_port()
+    node(limited(echo(), port, {"name": "win", "algorithm": "sliding-window", "limit": 2, "window": "1s",
+                                "max_delay": "1s"}))
+    time.sleep(0.55 - time.monotonic() % 1.0 + (1.0 if time.monotonic() % 1.0 > 0.55 else 0.0))
+    assert [get(port)[0] for _ in range(3)] == [200, 200, 200]
 
 
 def test_concurrency_limit_is_released_when_the_exchange_ends(echo, node):

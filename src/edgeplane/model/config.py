@@ -1117,7 +1117,7 @@ class RateLimit(Model):
     tier: VariableKey | None = Field(None, description="the variable whose value picks a tier")
     tiers: dict[str, int | Unlimited] = Field(default_factory=dict, description="tier → limit, or unlimited")
     scope: Literal["worker", "node", "cluster"] = "node"
-    max_delay: Duration = Field(0.0, description="shaping: wait up to this long for a token instead of refusing")
+    max_delay: Duration = Field(0.0, description="shaping: wait up to this long for room instead of refusing")
     on_unreachable: Literal["allow", "deny", "local"] = Field(
         "local", description="cluster scope, Redis unreachable: admit, refuse, or count on this node")
     headers: bool = Field(True, description="send RateLimit-Policy and RateLimit on responses")
@@ -1128,8 +1128,8 @@ class RateLimit(Model):
             raise ValueError("window must be longer than 0s")
         if self.tiers and self.tier is None:
             raise ValueError("tiers need tier: the variable that picks one, such as consumer-tier")
-        if self.max_delay and self.algorithm != "token-bucket":
-            raise ValueError("max_delay (shaping) works with algorithm token-bucket")
+        if self.max_delay and self.algorithm == "concurrency":
+            raise ValueError("max_delay (shaping) works with token-bucket and sliding-window, not concurrency")
         if self.algorithm == "concurrency" and self.scope == "cluster":
             raise ValueError("concurrency limits are counted per worker or per node, not in the cluster")
         if self.burst is not None and self.algorithm != "token-bucket":

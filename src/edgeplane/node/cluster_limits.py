@@ -43,34 +43,43 @@ redis.call('PEXPIRE', KEYS[1], math.ceil((burst + debt) / rate * 1000) + 1000)
 return {admitted, math.max(0, math.floor(tokens)), tostring(wait)}
 """
 
-# KEYS[1]: the counter; ARGV: limit, window (s). The sliding window counter of shared.py.
+# KEYS[1]: the counter; ARGV: limit, window (s), max wait (s; shaping). The sliding window
+# counter of shared.py, `later` counting the shaped requests put in the next window.
 SLIDING_WINDOW = """
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
-local limit, window = tonumber(ARGV[1]), tonumber(ARGV[2])
+local limit, window, maxwait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local current = math.floor(now / window)
-local state = redis.call('HMGET', KEYS[1], 'window', 'previous', 'count')
-local previous, count = 0, 0
+local state = redis.call('HMGET', KEYS[1], 'window', 'previous', 'count', 'later')
+local previous, count, later = 0, 0, 0
 local stored = tonumber(state[1])
-if stored == current then previous, count = tonumber(state[2]), tonumber(state[3])
-elseif stored == current - 1 then previous = tonumber(state[3]) end
+if stored == current then previous, count, later = tonumber(state[2]), tonumber(state[3]), tonumber(state[4]) or 0
+elseif stored == current - 1 then previous, count = tonumber(state[3]), tonumber(state[4]) or 0 end
+local function save()
+  redis.call('HSET', KEYS[1], 'window', current, 'previous', previous, 'count', count, 'later', later)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000) + 1000)
+end
 local into = now / window - current
 local estimate = previous * (1 - into) + count
 if estimate + 1 <= limit then
   count = count + 1
-  redis.call('HSET', KEYS[1], 'window', current, 'previous', previous, 'count', count)
-  redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000) + 1000)
+  save()
   return {1, math.floor(limit - estimate - 1), '0'}
 end
 local excess = estimate + 1 - limit
+local room = limit - 1 - later
 local wait
-if previous * (1 - into) >= excess then wait = excess / previous * window
-else
+if previous * (1 - into) >= excess then
+  wait = excess / previous * window
+  if wait <= maxwait then count = count + 1; save(); return {1, 0, tostring(wait)} end
+elseif room >= 0 then
   wait = (1 - into) * window
-  if count >= limit then wait = wait + window * (1 - (limit - 1) / count) end
+  if count > room then wait = wait + window * (1 - room / count) end
+  if wait <= maxwait then later = later + 1; save(); return {1, 0, tostring(wait)} end
+else
+  wait = (2 - into) * window
 end
-redis.call('HSET', KEYS[1], 'window', current, 'previous', previous, 'count', count)
-redis.call('PEXPIRE', KEYS[1], math.ceil(window * 2000) + 1000)
+save()
 return {0, 0, tostring(wait)}
 """
 
@@ -100,7 +109,7 @@ class ClusterLimits:
         window, policy = limit.window, limit.on_unreachable
 
         def args(quota: Any) -> list:
-            return [quota.rate, quota.burst, quota.max_debt] if bucket else [quota.limit, window]
+            return [quota.rate, quota.burst, quota.max_debt] if bucket else [quota.limit, window, limit.max_delay]
 
         def unreachable(key: bytes, quota: Any, ops: list) -> Any:
             self.metrics.count("rate_limited", limit.name, f"redis-unreachable-{policy}")
@@ -111,7 +120,7 @@ class ClusterLimits:
             if bucket:
                 decision = self.fallback.token_bucket(key, quota.rate, quota.burst, monotonic(), quota.max_debt)
             else:
-                decision = self.fallback.sliding_window(key, quota.limit, window, monotonic())
+                decision = self.fallback.sliding_window(key, quota.limit, window, monotonic(), limit.max_delay)
             return answer(*decision, quota, ops)
 
         async def ask(key: bytes, quota: Any, ops: list) -> Any:

@@ -2,10 +2,10 @@
 
 A `rate-limit` action counts the request under its policy's key (any rule variables) in
 the policy's scope: this worker, the node (`shared.py`) or the cluster (Redis, one script
-per decision, `cluster_limits.py`). Over the limit it answers 429 with `Retry-After`, or — shaping —
-delays the request while the delay stays within `max_delay`. Concurrency slots are given
-back when the exchange ends, however it ends. Everything but the count is prepared once
-per config version; a decision made in memory never suspends the chain.
+per decision, `cluster_limits.py`). Over the limit it answers 429 with `Retry-After`, or
+— shaping — delays the request while the delay stays within `max_delay`. Concurrency
+slots are given back when the exchange ends, however it ends. Everything but the count is
+prepared once per config version; a decision made in memory never suspends the chain.
 """
 
 from __future__ import annotations
@@ -78,8 +78,8 @@ def compile_limit(limit: RateLimit, context: CompileContext, state: AccessState)
 def _counter(limit: RateLimit, store: Any) -> Callable[[bytes, Quota], tuple]:
     """The decision in memory (this worker's or the node's), for one key and quota."""
     if limit.algorithm == "sliding-window":
-        window = limit.window
-        return lambda key, quota: store.sliding_window(key, quota.limit, window, monotonic())
+        window, max_wait = limit.window, limit.max_delay
+        return lambda key, quota: store.sliding_window(key, quota.limit, window, monotonic(), max_wait)
     return lambda key, quota: store.token_bucket(key, quota.rate, quota.burst, monotonic(), quota.max_debt)
 
 

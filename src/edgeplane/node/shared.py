@@ -84,26 +84,36 @@ def lease_step(state: tuple, now: float, rate: float, burst: float, size: int,
     return (tokens, now, 0.0, 0.0), ((True, int(tokens) + taken - 1, 0.0), taken)
 
 
-def window_step(state: tuple, now: float, limit: float, window: float) -> tuple[tuple, Decision]:
+def window_step(state: tuple, now: float, limit: float, window: float, max_wait: float = 0.0) -> tuple[tuple, Decision]:
     """Sliding window counter: the previous window's count, weighted by how much of it the
-    sliding window still covers, plus the current window's count."""
+    sliding window still covers, plus the current window's count. With `max_wait` (shaping)
+    a request over the limit goes on at the first moment the counter has room for it, if
+    that is within `max_wait` — later in this window or in the next one — and is counted in
+    the window it goes in (the next window's in the state's fourth number)."""
     current = math.floor(now / window)
     if state[0] == current:
-        previous, count = state[1], state[2]
+        previous, count, later = state[1], state[2], state[3]
     elif state[0] == current - 1:
-        previous, count = state[2], 0.0
+        previous, count, later = state[2], state[3], 0.0
     else:
-        previous, count = 0.0, 0.0
+        previous, count, later = 0.0, 0.0, 0.0
     into = now / window - current  # fraction of the current window gone by
     estimate = previous * (1 - into) + count
     if estimate + 1 <= limit:
-        return (current, previous, count + 1, 0.0), (True, int(limit - estimate - 1), 0.0)
+        return (current, previous, count + 1, later), (True, int(limit - estimate - 1), 0.0)
     excess = estimate + 1 - limit
+    room = limit - 1 - later  # what the next window holds besides those already put there
     if previous * (1 - into) >= excess:  # the previous window's share fades enough in this one
         wait = excess / previous * window
-    else:  # next window: this one's count, fading
-        wait = (1 - into) * window + (window * (1 - (limit - 1) / count) if count >= limit else 0.0)
-    return (current, previous, count, 0.0), (False, 0, wait)
+        if wait <= max_wait:
+            return (current, previous, count + 1, later), (True, 0, wait)
+    elif room >= 0:  # next window: this one's count, fading
+        wait = (1 - into) * window + (window * (1 - room / count) if count > room else 0.0)
+        if wait <= max_wait:
+            return (current, previous, count, later + 1), (True, 0, wait)
+    else:  # the next window is full already
+        wait = (2 - into) * window
+    return (current, previous, count, later), (False, 0, wait)
 
 
 # --- a worker's own counters -------------------------------------------------------------
@@ -130,8 +140,8 @@ class LocalMemory:
     def token_bucket(self, key: bytes, rate: float, burst: float, now: float, max_debt: float = 0.0) -> Decision:
         return self.update(key, bucket_step, now, rate, burst, max_debt)
 
-    def sliding_window(self, key: bytes, limit: float, window: float, now: float) -> Decision:
-        return self.update(key, window_step, now, limit, window)
+    def sliding_window(self, key: bytes, limit: float, window: float, now: float, max_wait: float = 0.0) -> Decision:
+        return self.update(key, window_step, now, limit, window, max_wait)
 
     def acquire(self, key: bytes, limit: int) -> bool:
         hashed = key_hash(key)
@@ -234,8 +244,8 @@ class SharedMemory:
             leases[key] = [0.0, now + decision[2], rate, -1]
         return decision
 
-    def sliding_window(self, key: bytes, limit: float, window: float, now: float) -> Decision:
-        return self.update(key, window_step, now, limit, window)
+    def sliding_window(self, key: bytes, limit: float, window: float, now: float, max_wait: float = 0.0) -> Decision:
+        return self.update(key, window_step, now, limit, window, max_wait)
 
     def find(self, start: int, hashed: int, busy: Callable[[int], bool] | None) -> tuple[int, bool]:
         """The slot of `hashed` in the bucket at `start` (found), else the slot to take for it:
