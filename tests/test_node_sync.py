@@ -211,3 +211,15 @@ def test_a_node_refuses_to_start_without_a_join_token_or_credential(tmp_path):
     result = subprocess.run([sys.executable, "-m", "edgeplane", "node", "--admin", "http://127.0.0.1:9",
                              "--data-dir", str(tmp_path)], env=ENV, capture_output=True, text=True, timeout=30)
     assert result.returncode != 0 and "join with --token" in result.stderr
+
+
+def test_a_node_validates_each_stored_object_and_leaves_references_to_the_admin():
+    import orjson
+
+    from edgeplane.model.load import ConfigError
+    from edgeplane.node.store import ConfigBuilder
+    proxied = {"name": "web", "domains": ["*"], "rules": [{"actions": [{"proxy": {"upstream": "api"}}]}]}
+    config = ConfigBuilder().build([("applications", "web", orjson.dumps(proxied))], "store")
+    assert config.applications[0].rules[0].actions[0].upstream == "api"  # checked by the admin before it released
+    with pytest.raises(ConfigError, match=r"applications/web\.ports"):
+        ConfigBuilder().build([("applications", "web", orjson.dumps({**proxied, "ports": [0]}))], "store")

@@ -106,3 +106,27 @@ def test_a_rejected_release_request_releases_nothing(admin):
     sdk.reject_review(request["id"])
     assert sdk.releases() == []
     assert client.post(f"/api/v1/reviews/{request['id']}/approve").status_code == 409
+
+
+def test_what_a_node_is_sent_is_each_released_object_as_stored_with_its_secrets_opened(admin):
+    import orjson
+    import trustme
+    service, client = admin
+    sdk = sdk_on(client)
+    leaf = trustme.CA().issue_cert("home.example")
+    key = leaf.private_key_pem.bytes().decode()
+    sdk.create("certificates", {"name": "home", "cert": leaf.cert_chain_pems[0].bytes().decode(), "key": key})
+    sdk.create("applications", app("home", ["default"], "one"))
+    first = sdk.release()["version"]
+    full = orjson.loads(service.nodes.delta("default", 0, first))
+    objects = {(o["kind"], o["name"]): o["data"] for o in full["objects"]}
+    assert (full["full"], full["version"], full["deleted"]) == (True, first, [])
+    assert objects[("applications", "home")] == sdk.get("applications", "home")
+    assert objects[("certificates", "home")]["key"] == key
+    sdk.patch("applications", "home", {"rules": [{"actions": [{"respond": {"body": "two"}}]}]})
+    sdk.delete("certificates", "home")
+    second = sdk.release()["version"]
+    delta = orjson.loads(service.nodes.delta("default", first, second))
+    assert delta["full"] is False and delta["deleted"] == [["certificates", "home"]]
+    assert [(o["kind"], o["name"], o["data"]["rules"][0]["actions"][0]["respond"]["body"])
+            for o in delta["objects"]] == [("applications", "home", "two")]

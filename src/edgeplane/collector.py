@@ -28,12 +28,23 @@ def collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+_baseline = 0  # objects set aside after the last full collection (0: none yet)
+
+
 def settle_collector() -> None:
-    """After bulk work that replaced much of what lives on: collect the cycles it left once,
-    now, and set what lives on aside (`gc.freeze`), so that no later collection walks
-    millions of long-lived objects again: at 100,000 rules the first collections after a
-    compile took seconds each. (What is set aside and later dropped is still freed by
-    reference counting; only its cycles wait for the next settle.)"""
-    gc.unfreeze()
-    gc.collect()
+    """After bulk work (a compiled runtime, a loaded draft): set what lives on aside
+    (`gc.freeze`), so that no later collection walks millions of long-lived objects again: at
+    100,000 rules one full collection takes seconds, stalling everything the process does.
+    What is set aside and later dropped is still freed by reference counting; only cycles
+    among it wait, until what is set aside has grown by a quarter since the last full
+    collection: then one runs (a one-rule change leaves about a hundred such objects)."""
+    global _baseline
     gc.freeze()
+    count = gc.get_freeze_count()
+    if _baseline and count > _baseline * 5 // 4:
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
+        _baseline = gc.get_freeze_count()
+    elif not _baseline or count < _baseline:
+        _baseline = count

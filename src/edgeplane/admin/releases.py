@@ -90,12 +90,16 @@ class Releases:
         return [dict(r._mapping) for r in rows]
 
     def blobs(self, connection: Connection, hashes: list[str]) -> dict[str, dict]:
-        """Plain objects (secrets opened) by hash."""
-        found: dict[str, dict] = {}
+        """Objects by hash, as stored (secrets sealed)."""
+        return {digest: orjson.loads(text) for digest, text in self.blob_texts(connection, hashes).items()}
+
+    def blob_texts(self, connection: Connection, hashes: list[str]) -> dict[str, str]:
+        """The stored JSON of objects by hash (secrets sealed)."""
+        found: dict[str, str] = {}
         for start in range(0, len(hashes), 500):
             chunk = hashes[start:start + 500]
             for row in connection.execute(select(schema.blobs).where(schema.blobs.c.hash.in_(chunk))):
-                found[row.hash] = orjson.loads(row.data)
+                found[row.hash] = row.data
         return found
 
     def objects_of(self, connection: Connection, manifest: Manifest, keys: list[tuple[str, str]] | None = None

@@ -161,7 +161,7 @@ class Master:
             return True
         self.config_signature = signature
         try:
-            config = self.builder.build(store.read()[2], str(store.path), NODE_WIDE) if store is not None \
+            config = self.builder.build(store.read(NODE_WIDE)[2], str(store.path)) if store is not None \
                 else load(self.config)
         except ConfigError:
             return False

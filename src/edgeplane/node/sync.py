@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from ..collector import collector_paused
 from .store import LocalStore
 from .worker import log
 
@@ -133,7 +134,8 @@ class SyncClient:
             raise ValueError(f"the admin does not know this node any more ({_message(response)}); "
                              f"remove {self.identity.path} and join again")
         response.raise_for_status()
-        answer = orjson.loads(response.content)
+        with collector_paused():  # a full release is millions of objects, all dropped once stored
+            answer = orjson.loads(response.content)
         self.last_contact = time.time()
         self.last_error = ""
         if answer["state"] != self.state:
@@ -142,7 +144,8 @@ class SyncClient:
         if answer["version"] == self.store.version or answer["state"] != "approved":
             return
         started = time.monotonic()
-        await asyncio.to_thread(self.store.write, answer)
+        with collector_paused():
+            await asyncio.to_thread(self.store.write, answer)
         self.stored.set()
         self.running = await self.apply(answer["version"])
         log("release_applied", version=answer["version"], full=answer["full"], objects=len(answer["objects"]),
