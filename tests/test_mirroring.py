@@ -1,5 +1,5 @@
 """Traffic mirroring: the client's answer never waits for the shadow nor fails because of
-it; copies are marked, bounded in size, and every outcome is counted.
+it; copies are marked, bounded in size and in number, and every outcome is counted.
 
 Shadows here are slow, failing or small-minded on purpose; what they received is counted
 at the shadow itself.
@@ -44,6 +44,20 @@ def test_a_slow_and_failing_shadow_never_delays_or_fails_the_client(node, echo, 
     assert mirror_counts(started) == {}
     wait_for(lambda: mirror_counts(started) == {"5xx": 10}, timeout=30, what="the shadow's ten answers")
     assert shadow.stats()["requests"] == 10
+
+
+def test_copies_in_flight_to_a_slow_shadow_are_bounded_by_its_circuit_breaker(node, echo, backend):
+    main, shadow = echo("main"), backend("shadow", delay=5.0)
+    port = free_port()
+    config = mirrored_config(port, main, shadow)
+    config["upstreams"][1]["circuit_breaker"] = {"max_requests": 2}
+    started = node(config)
+    for _ in range(5):
+        assert post(port, b"order")["pod"] == "main"
+    # Two copies wait on the shadow; the others were not made, and the client never knew.
+    assert mirror_counts(started) == {"skipped-circuit-breaker": 3}
+    wait_for(lambda: mirror_counts(started).get("2xx") == 2, timeout=30, what="the two copies' answers")
+    assert shadow.stats()["requests"] == 2
 
 
 def test_copies_are_marked_and_bodies_past_the_replay_limit_are_not_copied(node, echo):
