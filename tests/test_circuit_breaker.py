@@ -93,3 +93,18 @@ def test_max_connections_refuses_a_request_that_would_need_one_more_connection(n
     assert held == [200]
     assert get(port, timeout=30)[0] == 200  # the pooled connection is reused: no second one needed
     assert slow.stats()["connects"] == 1
+
+
+def test_max_retries_refuses_a_retry_while_another_is_in_flight(node, backend):
+    failing = backend("failing", delay=1.0, status=503)
+    port = free_port()
+    rules = [{"actions": [{"proxy": {"upstream": "up", "retry": {"attempts": 2, "backoff": "1ms"}}}]}]
+    started = node(app_config([failing.server()], port, rules=rules, upstream={"circuit_breaker": {"max_retries": 1}}))
+    threads, held = hold(port, 2)  # both first tries fail together; the second retry would overlap the first
+    for thread in threads:
+        thread.join(30)
+    assert held == [503, 503]
+    assert failing.stats()["requests"] == 3, "one request retried, the other's retry refused"
+    assert 'edgeplane_retries_denied_total{upstream="up",limit="max_retries"} 1' in started.metrics()
+    retries = sorted(line["retry"] for line in started.access_log(wait_for=2) if "status" in line)
+    assert retries == ["503", "503 (not retried: max_retries)"]
