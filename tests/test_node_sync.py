@@ -223,3 +223,19 @@ def test_a_node_validates_each_stored_object_and_leaves_references_to_the_admin(
     assert config.applications[0].rules[0].actions[0].upstream == "api"  # checked by the admin before it released
     with pytest.raises(ConfigError, match=r"applications/web\.ports"):
         ConfigBuilder().build([("applications", "web", orjson.dumps({**proxied, "ports": [0]}))], "store")
+
+
+def test_the_admin_keeps_an_idle_connection_longer_than_its_clients_do(cluster):
+    """httpx (the SDK, the CLI) drops an idle connection after 5 s; were the admin to close
+    it first, a request sent just then would meet a reset."""
+    import http.client
+    admin = cluster[0](None)
+    connection = http.client.HTTPConnection("127.0.0.1", admin.port, timeout=10)
+    try:
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().read() is not None
+        time.sleep(6)
+        connection.request("GET", "/healthz")
+        assert connection.getresponse().status == 200
+    finally:
+        connection.close()

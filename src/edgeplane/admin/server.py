@@ -10,6 +10,11 @@ import uvicorn
 from .api import create_app
 from .service import Admin
 
+# Longer than clients keep an idle connection (httpx, so the SDK and the CLI: 5 s, as long
+# as uvicorn's default): otherwise the admin may close one just as a client sends on it,
+# and that request fails with a connection reset.
+KEEP_ALIVE = 75.0
+
 
 def serve(store: str | None, data_dir: Path, listen: str) -> int:
     host, _, port = listen.rpartition(":")
@@ -22,6 +27,6 @@ def serve(store: str | None, data_dir: Path, listen: str) -> int:
     print(f"edgeplane admin: serving http://{host or '0.0.0.0'}:{port}/api/v1  (docs: /docs, OpenAPI: /openapi.json)"
           f"  store: {admin.store.engine.url.render_as_string(hide_password=True)}", file=sys.stderr, flush=True)
     uvicorn.run(create_app(admin), host=host or "0.0.0.0", port=int(port), loop="uvloop", http="httptools",
-                log_level="warning", timeout_graceful_shutdown=5)
+                log_level="warning", timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE)
     admin.close()
     return 0
