@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 ACCEPT_BATCH = 64  # connections accepted per wake-up of the listening socket
+DEFER_ACCEPT = 5   # seconds the kernel keeps a silent new connection before handing it over anyway
 
 
 class TlsListener:
@@ -33,6 +34,9 @@ class TlsListener:
         self.sock = sock
         self.loop = asyncio.get_running_loop()
         self.closed = False
+        # The kernel hands a connection over once its first bytes (the ClientHello) are in, so
+        # the usual hello is read at once: no wake-up, failed peek and timer per connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT)
         self.loop.add_reader(sock.fileno(), self.accept)
 
     def accept(self) -> None:

@@ -118,7 +118,9 @@ class Master:
         finally:
             writer.close()
 
-    async def wait_ready(self, index: int, timeout: float = 30.0) -> bool:
+    async def wait_ready(self, index: int, timeout: float = 300.0) -> bool:
+        # Generous: a worker loads and compiles the whole config before it answers, and
+        # 100,000 applications with a certificate each take 30 s on a busy 2-core machine.
         deadline = time.monotonic() + timeout
         process = self.processes[index]
         while time.monotonic() < deadline:

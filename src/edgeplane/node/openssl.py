@@ -24,8 +24,8 @@ _lib.SSL_CTX_set_session_id_context.restype = ctypes.c_int
 _lib.SSL_CTX_set_session_id_context.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint]
 _lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
 _lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-_lib.EVP_aes_256_cbc.restype = ctypes.c_void_p
-_lib.EVP_aes_256_cbc.argtypes = []
+_lib.EVP_CIPHER_fetch.restype = ctypes.c_void_p
+_lib.EVP_CIPHER_fetch.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p]
 for _name in ("EVP_EncryptInit_ex", "EVP_DecryptInit_ex"):
     getattr(_lib, _name).restype = ctypes.c_int
     getattr(_lib, _name).argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p,
@@ -39,7 +39,8 @@ TICKET_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_
 _lib.SSL_CTX_set_tlsext_ticket_key_evp_cb.restype = ctypes.c_int
 _lib.SSL_CTX_set_tlsext_ticket_key_evp_cb.argtypes = [ctypes.c_void_p, TICKET_CALLBACK]
 
-_AES_256_CBC = _lib.EVP_aes_256_cbc()
+# Fetched once: the EVP_aes_256_cbc() of OpenSSL 3 would be looked up again at every ticket.
+_AES_256_CBC = _lib.EVP_CIPHER_fetch(None, b"AES-256-CBC", None)
 IV_SIZE = 16
 NAME_SIZE = 16
 

@@ -239,6 +239,9 @@ def server_context(site: Site, ticket_callback: object | None) -> ssl.SSLContext
         context.options |= ssl.OP_NO_TICKET
         context.num_tickets = 0
     else:
+        # One TLS 1.3 ticket per handshake, as Go's servers send: our tickets can be used again
+        # (stateless), so a second one would only cost another encryption per handshake.
+        context.num_tickets = 1
         set_ticket_callback(context, ticket_callback)
     return context
 
