@@ -23,7 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from conftest import free_port, wait_port
 
 SERVER_CA = trustme.CA()
-SERVER = SERVER_CA.issue_cert("db.test", "pub.test")
+SERVER = SERVER_CA.issue_cert("db.test", "pub.test", "who.test")
 CORP = trustme.CA(organization_name="corp")
 OTHER = trustme.CA(organization_name="other")
 
@@ -49,6 +49,16 @@ def mint(ca: trustme.CA, cn: str, uri: str | None = None, dns: str | None = None
 REPORTING = mint(CORP, "reporting", uri="spiffe://corp/reporting")
 BILLING = mint(CORP, "billing", uri="spiffe://corp/billing", dns="billing.corp")
 OUTSIDER = mint(OTHER, "outsider")
+DNS_ONLY = mint(CORP, "dns-only", dns="batch.corp")
+CN_ONLY = mint(CORP, "cn-only")
+
+
+def fingerprint(identity: tuple[bytes, bytes]) -> str:
+    return hashlib.sha256(x509.load_pem_x509_certificate(identity[0]).public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def answer_when(var: str, value: str, body: str) -> dict:
+    return {"conditions": [{"var": var, "op": "eq", "values": [value]}], "actions": [{"respond": {"body": body}}]}
 
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "mtls.yaml"
@@ -72,6 +82,16 @@ def mtls(tmp_path_factory, echo_module):
          "rules": [{"conditions": [{"var": "tls-client-cn", "op": "eq", "values": ["outsider"]}],
                     "actions": [{"respond": {"body": "hello outsider"}}]},
                    {"actions": [{"respond": {"body": "hello anonymous"}}]}]})
+    config["applications"].append(  # each identity variable decides one answer
+        {"name": "who", "domains": ["who.test"], "ports": [], "https_ports": [port], "certificates": ["database"],
+         "tls": {"client_auth": {"mode": "optional", "ca": CORP.cert_pem.bytes().decode()}},
+         "rules": [{"conditions": [{"var": "path", "op": "eq", "values": ["/forwarded"]}],
+                    "actions": [{"proxy": {"upstream": "database"}}]},
+                   answer_when("tls-client-fingerprint", fingerprint(REPORTING), "reporting, by fingerprint"),
+                   answer_when("tls-client-dns", "billing.corp", "billing, by DNS name"),
+                   answer_when("tls-client-identity", "batch.corp", "identity: the DNS name without a URI"),
+                   answer_when("tls-client-identity", "cn-only", "identity: the CN without names"),
+                   {"actions": [{"respond": {"body": "nobody known"}}]}]})
     started = Node(tmp_path_factory.mktemp("mtls"), config)
     wait_port(port)
     yield port, started
@@ -139,11 +159,10 @@ def test_the_reporting_identity_may_get_metrics_and_the_upstream_learns_who_it_i
                            headers=forged)
     assert status == 200
     forwarded = json.loads(body)["headers"]["X-Forwarded-Client-Cert"]
-    der = x509.load_pem_x509_certificate(REPORTING[0]).public_bytes(serialization.Encoding.DER)
-    assert forwarded == [f'Hash={hashlib.sha256(der).hexdigest()};Subject="CN=reporting";URI=spiffe://corp/reporting']
+    assert forwarded == [f'Hash={fingerprint(REPORTING)};Subject="CN=reporting";URI=spiffe://corp/reporting']
     line = wait_for_line(started, "/metrics?from=reporting")
     assert line["tls_client_identity"] == "spiffe://corp/reporting"
-    assert line["tls_client_fingerprint"] == hashlib.sha256(der).hexdigest()
+    assert line["tls_client_fingerprint"] == fingerprint(REPORTING)
 
 
 @pytest.mark.parametrize(("method", "path"), [("POST", "/metrics"), ("GET", "/tables"), ("DELETE", "/metrics")])
@@ -187,3 +206,20 @@ def test_a_session_of_one_application_never_skips_anothers_certificate_check(mtl
         pytest.fail("a public session opened the database")
     except (ssl.SSLError, ConnectionError):
         pass
+
+
+@pytest.mark.parametrize(("identity", "answer"), [
+    (REPORTING, b"reporting, by fingerprint"), (BILLING, b"billing, by DNS name"),
+    (DNS_ONLY, b"identity: the DNS name without a URI"), (CN_ONLY, b"identity: the CN without names"),
+    (None, b"nobody known")])
+def test_each_identity_variable_is_a_rule_variable(mtls, tmp_path, identity, answer):
+    port, _ = mtls
+    assert request(port, "who.test", client(identity, tmp_path), path="/") == (200, answer)
+
+
+def test_the_upstream_gets_every_uri_and_dns_name_of_the_certificate(mtls, tmp_path):
+    port, _ = mtls
+    status, body = request(port, "who.test", client(BILLING, tmp_path), path="/forwarded")
+    assert status == 200
+    assert json.loads(body)["headers"]["X-Forwarded-Client-Cert"] == [
+        f'Hash={fingerprint(BILLING)};Subject="CN=billing";URI=spiffe://corp/billing;DNS=billing.corp']
