@@ -4,6 +4,7 @@ and a replacement uploaded later served without restarting a worker."""
 
 from __future__ import annotations
 
+import json
 import socket
 import ssl
 import stat
@@ -68,7 +69,7 @@ def test_an_uploaded_certificate_is_sealed_at_rest_and_served_complete_by_the_no
     sdk.create("applications", {"name": "secure", "domains": ["secure.test"], "ports": [], "https_ports": [port],
                                 "certificates": ["secure"], "partitions": ["default"],
                                 "rules": [{"actions": [{"respond": {"body": "secure"}}]}]})
-    version = sdk.release()["version"]
+    first_version = version = sdk.release()["version"]
     node = SyncedNode(tmp_path / "n1", admin.url, sdk.join_token()["token"], "n1")
     processes.append(node)
     node.wait_serving(version)
@@ -76,13 +77,6 @@ def test_an_uploaded_certificate_is_sealed_at_rest_and_served_complete_by_the_no
     assert served_serial(port) == x509.load_pem_x509_certificate(first.cert_chain_pems[0].bytes()).serial_number
 
     assert sdk.get("certificates", "secure")["key"] == "(secret)"
-    kept = [path for path in (tmp_path / "admin").rglob("*") if path.is_file()]
-    assert any(path.name.endswith(".db") for path in kept), "the admin's SQLite store is where this test looks"
-    for path in kept:  # the store, its write-ahead log, the secret key: the private key is in none
-        content = path.read_bytes()
-        assert not any(form in content for form in key_forms(first)), f"{path.name} holds the private key"
-        assert b"PRIVATE KEY" not in content
-    assert stat.S_IMODE((tmp_path / "n1" / "node.db").stat().st_mode) == 0o600  # the node's copy: 0600
 
     pids = {w["pid"] for w in node.status()["workers"]}
     second = INTERMEDIATE.issue_cert("secure.test")
@@ -91,3 +85,15 @@ def test_an_uploaded_certificate_is_sealed_at_rest_and_served_complete_by_the_no
     node.wait_serving(version)
     assert served_serial(port) == x509.load_pem_x509_certificate(second.cert_chain_pems[0].bytes()).serial_number
     assert {w["pid"] for w in node.status()["workers"]} == pids
+
+    # Both keys, in every file the admin keeps (store, write-ahead log, secret key) and in what
+    # its API shows of changes, releases and their diff: nowhere in the clear.
+    forms = key_forms(first) + key_forms(second)
+    kept = [path for path in (tmp_path / "admin").rglob("*") if path.is_file()]
+    assert any(path.name.endswith(".db") for path in kept), "the admin's SQLite store is where this test looks"
+    for path in kept:
+        content = path.read_bytes()
+        assert b"PRIVATE KEY" not in content and not any(form in content for form in forms), path.name
+    answers = json.dumps([sdk.changes(), sdk.release_snapshot(version), sdk.diff(old=first_version, new=version)])
+    assert "secure" in answers and not any(form.decode("latin-1") in answers for form in forms)
+    assert stat.S_IMODE((tmp_path / "n1" / "node.db").stat().st_mode) == 0o600  # the node's copy: 0600
