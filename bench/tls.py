@@ -179,8 +179,10 @@ def sni_handshakes(port: int, names: list[str], seconds: float, clients: int) ->
 def handshakes_vs_nginx(procs: Procs, args, work: str, cert: tuple[str, str, str]) -> dict:
     node_port, nginx_port = free_port(), free_port()
     path = os.path.join(work, "node-1.json")
+    config = node_config(node_port, [cert])
+    config["applications"][0]["domains"].append("*")  # s_time's GET has no Host: answered as nginx's default server does
     with open(path, "w") as handle:
-        json.dump(node_config(node_port, [cert]), handle)
+        json.dump(config, handle)
     mark = procs.mark()
     servers = {"nginx": Nginx(procs, args.nginx, os.path.join(work, "nginx"),
                               nginx_config(os.path.join(work, "nginx"), nginx_port, cert[1], cert[2]), nginx_port, "nginx"),
