@@ -49,6 +49,19 @@ class Key:
         return self.kind != "EC" or ALG_CURVES[alg] == self.curve
 
 
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A verified token, with what accepting it again needs made once."""
+
+    claims: dict
+    valid_from: float   # nbf and exp, leeway included
+    valid_until: float
+    version: int        # of the JWKS it was verified with (0: inline keys)
+    consumer: str | None  # None: the request's own
+    tier: str | None      # None: the consumer's
+    lines: list | None    # claims_to_headers lines (ClaimHeaders.values)
+
+
 def configured_key(key: JwtKey) -> Key:
     if key.secret is not None:
         return Key(key.kid, "oct", None, None, key.secret.encode())
@@ -142,9 +155,7 @@ def compile_jwt(name: str, config: JwtProvider, state: Any) -> Step:
     audience = config.audiences or None
     leeway = config.leeway
     options = {"require": list(config.require), "verify_aud": audience is not None}
-    # A verified token by the credential exactly as sent (its header's bytes): everything
-    # accepting it again needs, made once — see `remember`.
-    verified: dict[bytes | str, tuple] = {}
+    verified: dict[bytes | str, Verified] = {}  # by the credential exactly as sent (a header's bytes)
     to_headers = ClaimHeaders(config.claims_to_headers) if config.claims_to_headers else None
     consumer_claim, tier_claim = config.consumer_claim, config.tier_claim
     # A header credential is taken out as it is read: a request it does not authenticate is
@@ -153,13 +164,13 @@ def compile_jwt(name: str, config: JwtProvider, state: Any) -> Step:
     strip_later = config.strip and not taken
     tiers = {c.name: c.tier for c in state.config.consumers} if state.config is not None else {}
 
-    def accept(request: Any, entry: tuple) -> None:
-        _claims, _valid_from, _valid_until, _version, consumer, tier, lines = entry
+    def accept(request: Any, entry: Verified) -> None:
+        consumer, tier = entry.consumer, entry.tier
         if consumer is None:
             consumer = request.consumer
-        request.identify(name, consumer, tier if tier is not None else tiers.get(consumer, request.tier), _claims)
-        if lines is not None:
-            ClaimHeaders.set(request, lines)
+        request.identify(name, consumer, tier if tier is not None else tiers.get(consumer, request.tier), entry.claims)
+        if entry.lines is not None:
+            ClaimHeaders.set(request, entry.lines)
         if strip_later:
             credential.strip(request)
 
@@ -198,17 +209,15 @@ def compile_jwt(name: str, config: JwtProvider, state: Any) -> Step:
         await jwks.refresh()
         return check(request, sent, token, False)
 
-    def remember(sent: bytes | str, claims: dict) -> tuple:
-        """(claims, valid from, valid until — leeway included —, JWKS version, consumer — None:
-        the request's own —, tier — None: the consumer's —, header lines of claims or None)."""
+    def remember(sent: bytes | str, claims: dict) -> Verified:
         if len(verified) >= VERIFIED_TOKENS:
             del verified[next(iter(verified))]
-        consumer = _text(claims.get(consumer_claim)) if consumer_claim is not None else None
-        tier = _text(claims.get(tier_claim)) if tier_claim is not None else None
-        entry = verified[sent] = (
+        entry = verified[sent] = Verified(
             claims, _number(claims.get("nbf"), -float("inf")) - leeway,
             _number(claims.get("exp"), float("inf")) + leeway, jwks.version if jwks is not None else 0,
-            consumer, tier, to_headers.values(claims) if to_headers is not None else None)
+            _text(claims.get(consumer_claim)) if consumer_claim is not None else None,
+            _text(claims.get(tier_claim)) if tier_claim is not None else None,
+            to_headers.values(claims) if to_headers is not None else None)
         return entry
 
     def authenticate_jwt(request: Any, _ops: list) -> Any:
@@ -219,7 +228,7 @@ def compile_jwt(name: str, config: JwtProvider, state: Any) -> Step:
             jwks.refresh()  # in the background: this request goes on with the keys it has
         entry = verified.get(sent)
         if entry is not None:
-            if entry[1] <= time.time() < entry[2] and (jwks is None or entry[3] == jwks.version):
+            if entry.valid_from <= time.time() < entry.valid_until and (jwks is None or entry.version == jwks.version):
                 accept(request, entry)
                 return None
             del verified[sent]
