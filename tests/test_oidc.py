@@ -155,3 +155,30 @@ def test_an_unreachable_provider_answers_503_and_the_node_keeps_serving(echo, no
     response = conn.getresponse()
     assert response.status == 200 and json.loads(response.read())["path"] == "/account"
     conn.close()
+
+
+def test_a_token_endpoint_that_cannot_be_reached_answers_503_not_a_failed_login(echo, node):
+    """The provider goes away between the browser's visit to it and the callback: the
+    callback answers 503 (the provider cannot be reached), not 401 (a refused login)."""
+    server, port = echo(), free_port()
+    gone = OidcProvider()
+    config = app_config([server.server()], port, [
+        {"actions": [{"authenticate": {"provider": "login"}}, {"proxy": {"upstream": "up"}}]}])
+    config["auth_providers"] = [{"name": "login", "oidc": {
+        "issuer": gone.issuer, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET,
+        "session_secret": SESSION_SECRET}}]
+    node(config)
+
+    class StopAtCallback(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):
+            if "/oauth2/callback" in newurl:
+                raise urllib.error.HTTPError(newurl, code, "the callback", headers, fp)
+            return super().redirect_request(req, fp, code, msg, headers, newurl)
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar), StopAtCallback())
+    status, callback, _ = visit(opener, f"http://127.0.0.1:{port}/orders")
+    assert status == 302 and "/oauth2/callback?" in callback
+    gone.stop()
+    gone.server.server_close()
+    status, _, body = visit(opener, callback)
+    assert (status, body) == (503, b"503 Service Unavailable: the identity provider cannot be reached\n")

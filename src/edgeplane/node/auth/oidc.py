@@ -148,14 +148,18 @@ def compile_oidc(name: str, config: OidcProvider, state: Any) -> Step:
         return LocalResponse(302, [(b"Location", location.encode("latin-1")), (b"Cache-Control", b"no-store")])
 
     async def token_request(form: dict) -> dict | None:
+        """The provider's tokens, or None when it refused them; FetchError when it cannot be
+        reached or fails (5xx)."""
         form = {**form, "client_id": config.client_id}
         if config.client_secret is not None:
             form["client_secret"] = config.client_secret
+        answer = await fetch(discovery.document["token_endpoint"], FETCH_TIMEOUT, "POST",
+                             [("Content-Type", "application/x-www-form-urlencoded")], urlencode(form).encode())
+        if answer.status >= 500:
+            raise FetchError(f"token endpoint answered {answer.status}")
         try:
-            answer = await fetch(discovery.document["token_endpoint"], FETCH_TIMEOUT, "POST",
-                                 [("Content-Type", "application/x-www-form-urlencoded")], urlencode(form).encode())
             tokens = json.loads(answer.body) if answer.status == 200 else None
-        except (FetchError, ValueError):
+        except ValueError:
             return None
         return tokens if isinstance(tokens, dict) and isinstance(tokens.get("id_token"), str) else None
 
@@ -189,9 +193,12 @@ def compile_oidc(name: str, config: OidcProvider, state: Any) -> Step:
         if (pending is None or not code or pending.get("until", 0) < time.time()
                 or not secrets.compare_digest(str(pending.get("state", "")), given_state)):
             return failed_login
-        tokens = await token_request({"grant_type": "authorization_code", "code": code,
-                                      "redirect_uri": origin(request) + config.redirect_path,
-                                      "code_verifier": pending["verifier"]})
+        try:
+            tokens = await token_request({"grant_type": "authorization_code", "code": code,
+                                          "redirect_uri": origin(request) + config.redirect_path,
+                                          "code_verifier": pending["verifier"]})
+        except FetchError:
+            return unavailable  # the login cookie stays: the same callback may be tried again
         claims = id_claims(tokens["id_token"], pending["nonce"]) if tokens is not None else None
         if claims is None:
             return failed_login
@@ -201,7 +208,10 @@ def compile_oidc(name: str, config: OidcProvider, state: Any) -> Step:
         return LocalResponse(302, [(b"Location", (back if back.startswith("/") else "/").encode("latin-1"))])
 
     async def refresh(request: Any, ops: list, session: dict) -> Any:
-        tokens = await token_request({"grant_type": "refresh_token", "refresh_token": session["refresh"]})
+        try:
+            tokens = await token_request({"grant_type": "refresh_token", "refresh_token": session["refresh"]})
+        except FetchError:
+            return unavailable  # a login would need the provider too; the session stays
         claims = id_claims(tokens["id_token"], None) if tokens is not None else None
         if claims is None or claims.get("sub") != session["claims"].get("sub"):
             set_cookie(ops, cookie, "", request, 0)
