@@ -70,6 +70,23 @@ def test_ejection_never_takes_more_than_max_ejection_percent_of_the_servers(node
     assert 'edgeplane_outlier_ejections_overflow_total{upstream="up"}' in started.metrics()
 
 
+def test_a_server_answering_far_worse_than_the_others_is_ejected_by_success_rate(node, echo, backend):
+    good = [echo("a"), echo("b")]
+    poor = backend("poor", error_rate=0.8)  # four answers in five are 503
+    port = free_port()
+    started = node(app_config([s.server() for s in (*good, poor)], port, upstream={"outlier_detection": {
+        "consecutive_5xx": 0, "consecutive_gateway_errors": 0, "interval": "1s", "max_ejection_percent": 50,
+        "success_rate": {"minimum_hosts": 3, "request_volume": 10, "stdev_factor": 1}}}))
+    # Only the rate over an interval can tell: consecutive failures count for nothing here.
+    wait_for(lambda: [get(port) for _ in range(10)] and transitions(started), timeout=30, what="the ejection")
+    [ejected] = transitions(started)
+    assert (ejected["endpoint"], ejected["state"]) == (f"127.0.0.1:{poor.port}", "ejected")
+    assert "below" in ejected["cause"] and ejected["cause"].startswith("success rate "), ejected["cause"]
+    served = poor.stats()["requests"]
+    assert all(get(port)[0] == 200 for _ in range(20))
+    assert poor.stats()["requests"] == served
+
+
 # --- the detector alone ------------------------------------------------------------------
 
 
