@@ -14,6 +14,7 @@ import os
 import re
 import resource
 import select
+import shutil
 import signal
 import socket
 import statistics
@@ -326,9 +327,14 @@ def comparison_args(description: str) -> argparse.Namespace:
 
 
 def workspace(args: argparse.Namespace, name: str) -> tuple[str, Procs]:
-    """The scratch directory (`--workdir` or a new one) and the pid book of what is started there."""
-    work = args.workdir or tempfile.mkdtemp(prefix=f"edgeplane-bench-{name}-")
-    return work, Procs(os.path.join(work, "pids"))
+    """The scratch directory (`--workdir`, kept; or a new one, removed once all is stopped:
+    access logs of a run reach hundreds of MB) and the pid book of what is started there."""
+    if args.workdir:
+        return args.workdir, Procs(os.path.join(args.workdir, "pids"))
+    work = tempfile.mkdtemp(prefix=f"edgeplane-bench-{name}-")
+    procs = Procs(os.path.join(work, "pids"))
+    procs.on_stop(lambda: shutil.rmtree(work, ignore_errors=True))  # the first stopper runs last
+    return work, procs
 
 
 def alternate_rounds(procs: Procs, proxies: dict, script: str, request_file: str, duration: float,
