@@ -183,6 +183,32 @@ def test_private_keys_are_encrypted_at_rest_and_redacted_in_answers(admin, tmp_p
         assert service.draft.one(connection, "certificates", "web").instance.key == key
 
 
+def test_secrets_nested_in_auth_providers_are_sealed_redacted_and_kept_when_sent_back(admin):
+    service, client = admin
+    hmac, other = "h" * 32, "o" * 32
+    providers = [{"name": "tokens", "jwt": {"algorithms": ["HS256"], "keys": [{"kid": "a", "secret": hmac},
+                                                                                {"kid": "b", "secret": other}]}},
+                 {"name": "sso", "oidc": {"issuer": "https://idp.example", "client_id": "edge",
+                                          "client_secret": "client-secret", "session_secret": "s" * 32}}]
+    for provider in providers:
+        assert client.post("/api/v1/auth_providers", json=provider).status_code == 201
+    shown = client.get("/api/v1/auth_providers/tokens").json()
+    assert [k["secret"] for k in shown["jwt"]["keys"]] == ["(secret)", "(secret)"]
+    sso = client.get("/api/v1/auth_providers/sso").json()["oidc"]
+    assert (sso["client_secret"], sso["session_secret"]) == ("(secret)", "(secret)")
+    stored = " ".join(row.data for row in rows(service, schema.objects) if row.kind == "auth_providers")
+    assert hmac not in stored and "client-secret" not in stored and "s" * 32 not in stored
+    shown["jwt"]["keys"][1]["secret"] = "n" * 32  # one key replaced, the other sent back redacted
+    assert client.put("/api/v1/auth_providers/tokens", json=shown).status_code == 200
+    assert client.put("/api/v1/auth_providers/sso", json=client.get("/api/v1/auth_providers/sso").json()
+                      ).status_code == 200
+    with service.store.reading() as connection:
+        tokens = service.draft.one(connection, "auth_providers", "tokens").instance
+        sso = service.draft.one(connection, "auth_providers", "sso").instance
+    assert [k.secret for k in tokens.jwt.keys] == [hmac, "n" * 32]
+    assert (sso.oidc.client_secret, sso.oidc.session_secret) == ("client-secret", "s" * 32)
+
+
 def test_sdk_apply_is_declarative_and_idempotent(admin, tmp_path):
     from edgeplane.declarative import plan, read
     _service, client = admin

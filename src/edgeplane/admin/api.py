@@ -42,7 +42,7 @@ from .auth import (
 from .backup import backup
 from .draft import BULK, Conflict, Edit, Invalid, NotFound, Stored, validate
 from .releases import ReviewRequired, SelfApproval, diff_text
-from .secrets import REDACTED, redact
+from .secrets import keep_redacted, redact
 from .service import Admin
 
 PREFIX = "/api/v1"
@@ -211,10 +211,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 def keep_secrets(data: dict, before: dict, kind: Kind) -> dict:
     """A secret sent back as the redacted placeholder keeps its stored value (GET, edit, PUT)."""
-    for path in kind.secret_paths:
-        if len(path) == 1 and data.get(path[0]) == REDACTED:
-            data = {**data, path[0]: before.get(path[0])}
-    return data
+    return keep_redacted(data, before, kind.secret_paths)
 
 
 def object_routes(admin: Admin, kind: Kind) -> APIRouter:

@@ -61,6 +61,29 @@ def redact(data: dict, paths: tuple[tuple[str, ...], ...]) -> dict:
     return _map_paths(data, paths, lambda v: REDACTED if v is not None else None)
 
 
+def keep_redacted(data: Any, before: Any, paths: tuple[tuple[str, ...], ...]) -> Any:
+    """`data` with each secret sent back as the redacted placeholder replaced by the value
+    `before` holds at the same path (a list's items by position): what GET shows can be
+    edited and sent back without knowing the secrets in it."""
+    for path in paths:
+        data = _keep_path(data, before, path)
+    return data
+
+
+def _keep_path(data: Any, before: Any, path: tuple[str, ...]) -> Any:
+    if not path:
+        return before if data == REDACTED else data
+    head, rest = path[0], path[1:]
+    if head == "*":
+        if not isinstance(data, list):
+            return data
+        old = before if isinstance(before, list) else []
+        return [_keep_path(item, old[index] if index < len(old) else None, rest) for index, item in enumerate(data)]
+    if not isinstance(data, dict) or head not in data:
+        return data
+    return {**data, head: _keep_path(data[head], before.get(head) if isinstance(before, dict) else None, rest)}
+
+
 def _map_paths(data: Any, paths: tuple[tuple[str, ...], ...], change: Callable[[Any], Any]) -> Any:
     """A copy of `data` with `change` applied at each path present in it."""
     if not paths:

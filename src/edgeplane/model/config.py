@@ -942,7 +942,7 @@ class JwtKey(Model):
     """One verification key: a shared `secret` (HS*), a `pem` public key, or a `jwk`."""
 
     kid: str | None = None
-    secret: str | None = None
+    secret: str | None = Field(None, json_schema_extra=SECRET)
     pem: str | None = None
     jwk: dict[str, Any] | None = None
 
@@ -1015,13 +1015,14 @@ class OidcProvider(Model):
 
     issuer: HttpUrl
     client_id: str
-    client_secret: str | None = None
+    client_secret: str | None = Field(None, json_schema_extra=SECRET)
     scopes: list[str] = Field(default_factory=lambda: ["openid", "profile", "email"])
     redirect_path: UriPart = "/oauth2/callback"
     logout_path: UriPart = "/oauth2/logout"
     post_logout_redirect: UriPart = "/"
     cookie: Annotated[str, Field(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")] = "edgeplane_session"
-    session_secret: str = Field(min_length=32, description="signs and encrypts the session cookie")
+    session_secret: str = Field(min_length=32, description="signs and encrypts the session cookie",
+                                json_schema_extra=SECRET)
     session_lifetime: Duration = Field(8 * 3600.0, description="longest a session lives before a new login")
     algorithms: list[JwtAlgorithm] = Field(default_factory=lambda: ["RS256", "ES256"])
     consumer_claim: str | None = "sub"

@@ -65,10 +65,11 @@ def _secret_paths(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> list[
             paths.append((*prefix, name))
             continue
         annotation = field.annotation
-        for candidate in (annotation, *typing.get_args(annotation)):
+        for candidate in (annotation, *typing.get_args(annotation)):  # X, list[X], X | None
             nested, many = _model_of(candidate)
             if nested is not None:
                 paths += _secret_paths(nested, (*prefix, name, *(("*",) if many else ())))
+                break
     return paths
 
 
