@@ -130,3 +130,23 @@ def test_what_a_node_is_sent_is_each_released_object_as_stored_with_its_secrets_
     assert delta["full"] is False and delta["deleted"] == [["certificates", "home"]]
     assert [(o["kind"], o["name"], o["data"]["rules"][0]["actions"][0]["respond"]["body"])
             for o in delta["objects"]] == [("applications", "home", "two")]
+
+
+def test_a_shared_object_rolled_back_or_discarded_in_one_partition_is_pending_in_another_only_if_it_differs(admin):
+    _service, client = admin
+    sdk = sdk_on(client)
+    sdk.create("partitions", {"name": "eu"})
+    sdk.create("upstreams", UPSTREAM)
+    good = sdk.release("default")["version"]
+    sdk.release("eu")
+    sdk.patch("upstreams", "api", {"balance": "ewma"})
+    assert [c["name"] for c in sdk.pending("eu")["changes"]] == ["api"]
+    sdk.release("default")
+    sdk.rollback(good, "default")
+    assert sdk.get("upstreams", "api") == UPSTREAM
+    assert sdk.pending("eu") == {"partition": "eu", "changes": [], "diff": []}, "eu released what the draft is again"
+    sdk.patch("upstreams", "api", {"balance": "least-conn"})
+    assert [c["name"] for c in sdk.pending("eu")["changes"]] == ["api"]
+    sdk.discard("default")
+    assert sdk.pending("eu") == {"partition": "eu", "changes": [], "diff": []}
+    assert sdk.pending("default") == {"partition": "default", "changes": [], "diff": []}

@@ -24,7 +24,7 @@ from sqlalchemy import Connection, func, select
 
 from ..model.kinds import KINDS, object_key
 from . import schema
-from .draft import CONTROLLED, Conflict, Draft, Edit, NotFound, Stored
+from .draft import CONTROLLED, RESTORING, Conflict, Draft, Edit, NotFound, Stored
 from .secrets import redact
 
 Manifest = dict[str, dict[str, str]]  # kind → name → hash
@@ -268,13 +268,25 @@ class Releases:
     # --- pending changes ---------------------------------------------------------------
 
     def pending_changes(self, connection: Connection, partition: str) -> list[dict]:
+        """The changes since the partition's latest release to objects its draft still has
+        otherwise than that release, each object's since it was last put back (rollback,
+        discard): a shared object rolled back or discarded in another partition is pending
+        here only if it differs from what this one released."""
         latest = self.latest(connection, partition)
         since = latest.change_id if latest is not None else 0
+        released: Manifest = orjson.loads(latest.manifest) if latest is not None else {}
+        drafted = manifest_of(self.draft.load(connection), partition)
         table = schema.changes
-        rows = connection.execute(select(table).where(table.c.id > since, table.c.discarded.is_(False))
-                                  .order_by(table.c.id)).all()
-        return [self.change_view(r) for r in rows
-                if r.partitions is None or partition in orjson.loads(r.partitions)]
+        by_object: dict[tuple[str, str], list[Any]] = {}
+        for row in connection.execute(select(table).where(table.c.id > since).order_by(table.c.id)):
+            if row.op in RESTORING:
+                by_object[(row.kind, row.name)] = []
+            elif not row.discarded and (row.partitions is None or partition in orjson.loads(row.partitions)):
+                by_object.setdefault((row.kind, row.name), []).append(row)
+        rows = sorted((row for (kind, name), rows in by_object.items()
+                       if drafted.get(kind, {}).get(name) != released.get(kind, {}).get(name) for row in rows),
+                      key=lambda row: row.id)
+        return [self.change_view(row) for row in rows]
 
     def change_view(self, row: Any) -> dict:
         paths = KINDS[row.kind].secret_paths if row.kind in KINDS else ()
