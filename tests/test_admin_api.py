@@ -235,3 +235,16 @@ def test_the_control_plane_example_directory_applies_as_one_config(admin):
     assert sdk.get("partitions", "eu")["review"] is True
     assert sdk.get("applications", "shop")["partitions"] == ["default", "eu"]
     assert plan(config, mentioned, sdk.objects()) == []
+
+
+def test_values_longer_than_the_store_holds_are_invalid_input_on_either_backend(admin):
+    service, client = admin
+    before = rows(service, schema.tokens), rows(service, schema.role_bindings)
+    for path, body in (("/api/v1/tokens", {"label": "l" * 129}),
+                       ("/api/v1/role-bindings", {"subject": "user:" + "u" * 200, "role": "viewer"}),
+                       ("/api/v1/role-bindings", {"subject": "user:admin", "role": "viewer",
+                                                  "scope": "partition:" + "p" * 200})):
+        response = client.post(path, json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["problems"][0]["path"] in body
+    assert (rows(service, schema.tokens), rows(service, schema.role_bindings)) == before

@@ -697,14 +697,16 @@ class Members(BaseModel):
     users: list[str]
 
 
+# Lengths as the store's columns hold them (PostgreSQL refuses longer values where SQLite
+# would keep them): refused here as invalid input, on either backend.
 class Binding(BaseModel):
-    subject: str = Field(description="user:NAME or group:NAME", pattern=r"^(user|group):.+$")
+    subject: str = Field(description="user:NAME or group:NAME", pattern=r"^(user|group):[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
     role: str = Field(description="viewer, editor, releaser or admin")
-    scope: str = Field("*", description="*, partition:NAME or application:NAME")
+    scope: str = Field("*", description="*, partition:NAME or application:NAME", max_length=160)
 
 
 class NewToken(BaseModel):
-    label: str = ""
+    label: str = Field("", max_length=128)
     user: str | None = Field(None, description="whose token (admins only); yours when absent")
     ttl: float | None = Field(None, gt=0, description="seconds until it expires; never when absent")
 
