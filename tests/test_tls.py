@@ -3,6 +3,7 @@ certificates that change with a reload, without a restart."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -264,3 +265,20 @@ def test_a_certificate_chain_is_served_complete_from_inline_pem_and_from_files(n
     with pytest.raises(ssl.SSLCertVerificationError, match="unable to get local issuer certificate"):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
             context.wrap_socket(raw, server_hostname="bare.test")
+
+
+def test_a_client_that_stops_in_the_middle_of_its_handshake_is_dropped(node):
+    port = free_port()
+    config = tls_config(port, free_port())
+    config["settings"] = {"limits": {"client_header_timeout": "1s"}}
+    node(config)
+    wait_port(port)
+    hello_out = ssl.MemoryBIO()
+    client = client_context().wrap_bio(ssl.MemoryBIO(), hello_out, server_hostname="api.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as raw:
+        raw.sendall(hello_out.read())  # the ClientHello, then nothing: the server's flight is never answered
+        with contextlib.suppress(ConnectionResetError):
+            while raw.recv(65536):
+                pass  # the node closes the connection (recv would time out after 15 s otherwise)

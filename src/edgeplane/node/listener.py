@@ -15,8 +15,10 @@ import socket
 import ssl
 from typing import TYPE_CHECKING
 
+from .client import ClientConnection
 from .clienthello import MAX_HELLO, ClientHello, NotTls, read_hello
 from .tls import TlsSession
+from .tls_transport import TlsHandshake, TlsTransport
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -54,7 +56,7 @@ class TlsListener:
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            PendingHello(self, conn, address[0], counted).read()
+            PendingHello(self, conn, address, counted).read()
 
     def hand_over(self, pending: PendingHello, hello: ClientHello) -> None:
         worker = self.worker
@@ -70,24 +72,25 @@ class TlsListener:
             self.refuse(pending)
             return
         session = TlsSession(hello, site.policy.client_auth is not None)
-        worker.spawn(self.handshake(pending, context, session))
+        try:
+            pending.conn = context.wrap_socket(pending.conn, server_side=True, do_handshake_on_connect=False)
+        except OSError:
+            self.refuse(pending)
+            return
+
+        def handed_over(sock: ssl.SSLSocket) -> None:
+            TlsTransport(sock, ClientConnection(worker, self.port, session, pending.counted), pending.peer)
+
+        def failed() -> None:
+            worker.metrics.handshake_failed()
+            self.refuse(pending)
+        TlsHandshake(pending.conn, worker.runtime.limits.client_header_timeout, handed_over, failed)
 
     def refuse(self, pending: PendingHello) -> None:
         """Close a connection that never became a client connection (its count ends here)."""
         pending.conn.close()
         if pending.counted is not None:
             self.worker.client_limits.release(pending.counted)
-
-    async def handshake(self, pending: PendingHello, context: ssl.SSLContext, session: TlsSession) -> None:
-        from .client import ClientConnection
-        worker = self.worker
-        try:
-            await self.loop.connect_accepted_socket(
-                lambda: ClientConnection(worker, self.port, session, pending.counted), sock=pending.conn, ssl=context,
-                ssl_handshake_timeout=worker.runtime.limits.client_header_timeout)
-        except (OSError, ssl.SSLError, TimeoutError, EOFError):
-            worker.metrics.handshake_failed()
-            self.refuse(pending)
 
     def close(self) -> None:
         if not self.closed:
@@ -99,12 +102,13 @@ class TlsListener:
 class PendingHello:
     """An accepted connection until its handshake: the ClientHello may not have fully arrived."""
 
-    __slots__ = ("listener", "conn", "address", "counted", "timer", "seen", "lowered")
+    __slots__ = ("listener", "conn", "peer", "address", "counted", "timer", "seen", "lowered")
 
-    def __init__(self, listener: TlsListener, conn: socket.socket, address: str, counted: str | None):
+    def __init__(self, listener: TlsListener, conn: socket.socket, peer: tuple, counted: str | None):
         self.listener = listener
-        self.conn = conn
-        self.address = address
+        self.conn: socket.socket = conn  # an ssl.SSLSocket once its context is chosen
+        self.peer = peer
+        self.address: str = peer[0]
         self.counted = counted  # the address it counts against, to release if it never becomes a client
         self.timer: asyncio.TimerHandle | None = None
         self.seen = -1        # bytes peeked at the last wake-up
