@@ -1,7 +1,7 @@
 """Automated canaries end to end: what a node serves for a canary's released weight; the
 controller of a real admin ramping, promoting and rolling back a canary on the figures
-real nodes report about real upstreams (one healthy stable, one canary whose 503 rate the
-test sets), and operators acting through the CLI; two admins on PostgreSQL, one driving.
+real nodes report about real upstreams (one healthy stable, one canary whose 503 rate or
+delay the test sets), and operators acting through the CLI; two admins on PostgreSQL, one driving.
 (The controller's decisions on its own clock: test_canary_controller.py.)
 """
 
@@ -101,13 +101,14 @@ def platform(tmp_path, backend):
     load on every node while the test runs."""
     started: list = []
 
-    def start(canary_error_rate: float = 0.0, nodes: int = 1, **spec):
+    def start(canary_error_rate: float = 0.0, nodes: int = 1, canary_delay: float = 0.0, **spec):
         directory = tmp_path / "admin"
         directory.mkdir()
         admin = AdminProcess(directory, None)
         started.append(admin)
         sdk = admin.sdk()
-        stable, canary = backend("stable"), backend("canary", error_rate=canary_error_rate)
+        stable, canary = backend("stable"), backend("canary", error_rate=canary_error_rate,
+                                                         delay=canary_delay)
         port = free_port()
         config = shop_config(port, stable, canary)
         for kind in ("upstreams", "applications"):
@@ -163,6 +164,32 @@ def test_an_injected_5xx_rate_rolls_the_canary_back_and_the_decision_names_the_t
     assert {pod(port) for _ in range(30)} == {"stable"}, "the traffic is back on stable"
     status = cli("canary", "status", "orders", admin=_admin)
     assert "rolled_back" in status and "below min_success_rate" in status
+
+
+def test_a_slow_canary_crosses_max_p99_and_is_rolled_back_the_decision_naming_the_measured_p99(platform):
+    # The canary answers every request 300 ms late, the stable at once; max_p99 is 100 ms, so
+    # only the latency threshold can fail (no 5xx: the success rate stays 100 %).
+    admin, sdk, (node,), port = platform(canary_delay=0.3, step_weight=50, min_requests=5, max_p99="100ms")
+    sdk.release(note="start the canary")
+    decisions = decisions_until(sdk, "rollback", 40)
+    assert verdicts(decisions) == [("start", 50), ("hold", 50), ("rollback", 0)]
+    for check in (d for d in decisions if d["action"] in ("hold", "rollback")):
+        figures = check["figures"]
+        canary = figures["canary"]
+        assert figures["crossed"] == ["max_p99"], figures
+        assert canary["requests"] >= 5 and canary["failures"] == 0 and canary["success_rate"] == 1.0, canary
+        # A bucket bound: never under the 300 ms the canary takes, at most 20 % over (+ the node's share).
+        assert 300 <= canary["p99_ms"] <= 1000, canary
+        assert figures["thresholds"]["max_p99_ms"] == 100
+        assert f"p99 {canary['p99_ms']:g} ms is above max_p99 100 ms" in check["reasons"], check["reasons"]
+        assert any(r.startswith("success rate 100.00 % meets") for r in check["reasons"]), check["reasons"]
+        assert figures["stable"]["requests"] > 0 and figures["stable"]["failures"] == 0, figures["stable"]
+    rollback = decisions[0]
+    assert "failed checks: 2 of max_failed_checks 2: rolled back" in rollback["reasons"][-1]
+    node.wait_serving(rollback["release"])
+    assert {pod(port) for _ in range(30)} == {"stable"}, "the traffic is back on stable"
+    status = cli("canary", "status", "orders", admin=admin)
+    assert "rolled_back" in status and f"p99 {rollback['figures']['canary']['p99_ms']:g} ms is above max_p99" in status
 
 
 def test_a_healthy_canary_is_promoted_step_by_step_each_step_a_release_the_nodes_apply_then_operated(platform):
