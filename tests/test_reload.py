@@ -363,3 +363,28 @@ def test_upstream_keepalive_connections_survive_a_reload_that_keeps_the_upstream
         assert upstream.connects == 1
     finally:
         upstream.stop()
+
+
+def test_a_recompile_keeps_the_upstreams_and_applications_that_nothing_it_uses_changed():
+    from edgeplane.model.config import Config
+    from edgeplane.node.endpoints import EndpointRegistry
+    from edgeplane.node.runtime import compile_runtime
+
+    def config(api_port: int = 9001, timezone: str = "UTC") -> Config:
+        return Config.model_validate({
+            "settings": {"timezone": timezone},
+            "upstreams": [{"name": "api", "servers": [{"address": "127.0.0.1", "port": api_port}]},
+                          {"name": "web", "servers": [{"address": "127.0.0.1", "port": 9002}]}],
+            "applications": [{"name": name, "domains": [f"{name}.example"],
+                              "rules": [{"actions": [{"proxy": {"upstream": upstream}}]}]}
+                             for name, upstream in (("shop", "api"), ("blog", "web"))]})
+    registry = EndpointRegistry()
+    first = compile_runtime(config(), registry, version="1")
+    second = compile_runtime(config(api_port=9003), registry, version="2", previous=first)
+    assert second.upstreams["web"] is first.upstreams["web"] and second.upstreams["api"] is not first.upstreams["api"]
+    assert second.apps["blog"] is first.apps["blog"], "routes only to the unchanged upstream: kept"
+    assert second.apps["shop"] is not first.apps["shop"], "routes to the changed upstream: compiled again"
+    assert second.context is first.context
+    third = compile_runtime(config(api_port=9003, timezone="Europe/Paris"), registry, version="3", previous=second)
+    assert third.context is not second.context and third.upstreams["web"] is second.upstreams["web"]
+    assert all(third.apps[name] is not second.apps[name] for name in ("shop", "blog")), "a new context compiles all"
