@@ -1,15 +1,17 @@
 """WebSocket through the node: the upgrade is carried to the upstream, and after its 101
-the connection is a byte tunnel both ways until either side closes."""
+the connection is a byte tunnel both ways until either side closes, over TCP or TLS."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 import time
 
 import pytest
+import trustme
 
-from conftest import free_port
+from conftest import free_port, wait_port
 
 
 class UpgradingUpstream:
@@ -75,12 +77,32 @@ def upgrading():
         server.stop()
 
 
-def proxied(node, upstream: UpgradingUpstream) -> tuple[int, object]:
+CA = trustme.CA()
+SITE = CA.issue_cert("ws.test")
+
+
+def proxied(node, upstream: UpgradingUpstream, tls: bool = False) -> tuple[int, object]:
+    """The node in front of `upstream`, on a plain port or (`tls`) an HTTPS one."""
     port = free_port()
-    started = node({"upstreams": [{"name": "ws", "servers": [{"address": "127.0.0.1", "port": upstream.port}]}],
-                    "applications": [{"name": "app", "domains": ["*"], "ports": [port],
-                                      "rules": [{"actions": [{"proxy": {"upstream": "ws"}}]}]}]})
+    app = {"name": "app", "domains": ["*"], "ports": [port], "rules": [{"actions": [{"proxy": {"upstream": "ws"}}]}]}
+    config = {"upstreams": [{"name": "ws", "servers": [{"address": "127.0.0.1", "port": upstream.port}]}],
+              "applications": [app]}
+    if tls:
+        app.update(ports=[], https_ports=[port], certificates=["site"])
+        config["certificates"] = [{"name": "site", "cert": SITE.cert_chain_pems[0].bytes().decode(),
+                                   "key": SITE.private_key_pem.bytes().decode()}]
+    started = node(config)
+    wait_port(port)
     return port, started
+
+
+def connect(port: int, tls: bool = False) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    if not tls:
+        return sock
+    context = ssl.create_default_context()
+    CA.configure_trust(context)
+    return context.wrap_socket(sock, server_hostname="ws.test")
 
 
 HANDSHAKE = (b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n"
@@ -97,10 +119,11 @@ def read_until(sock: socket.socket, marker: bytes, limit: float = 5.0) -> bytes:
     return data
 
 
-def test_a_websocket_upgrade_becomes_a_two_way_tunnel(node, upgrading):
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_websocket_upgrade_becomes_a_two_way_tunnel(node, upgrading, tls):
     upstream = upgrading()
-    port, started = proxied(node, upstream)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    port, started = proxied(node, upstream, tls)
+    with connect(port, tls) as sock:
         sock.sendall(HANDSHAKE)
         head = read_until(sock, b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101 ")
@@ -116,9 +139,10 @@ def test_a_websocket_upgrade_becomes_a_two_way_tunnel(node, upgrading):
     assert log[-1]["status"] == 101 and log[-1]["bytes_in"] >= 100_010
 
 
-def test_the_client_sees_the_tunnel_close_when_the_upstream_closes_it(node, upgrading):
-    port, _ = proxied(node, upgrading())
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_the_client_sees_the_tunnel_close_when_the_upstream_closes_it(node, upgrading, tls):
+    port, _ = proxied(node, upgrading(), tls)
+    with connect(port, tls) as sock:
         sock.sendall(HANDSHAKE)
         read_until(sock, b"\r\n\r\n")
         sock.sendall(b"BYE")

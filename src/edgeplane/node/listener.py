@@ -5,7 +5,8 @@ untouched socket with the context of the application the name belongs to: its ow
 certificate, versions, ciphers and client CAs, with nothing inherited from a front
 context. While a hello is incomplete the socket's low-water mark is raised to the size the
 record announces, so the loop wakes once it has arrived instead of spinning; a hello that
-does not arrive within `client_header_timeout` is dropped.
+does not arrive within `client_header_timeout` is dropped. The handshake and the connection
+then belong to `tls_transport.py`.
 """
 
 from __future__ import annotations
