@@ -17,7 +17,7 @@ CA = trustme.CA()
 MODERN = CA.issue_cert("modern.test")
 LEGACY = CA.issue_cert("legacy.test")
 AES128 = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"]
-ROTATE, OVERLAP = 2.0, 6.0  # seconds: ticket keys of the test node
+ROTATE, OVERLAP = 2.0, 9.0  # seconds: ticket keys of the test node
 
 
 def pem(cert: trustme.LeafCert) -> dict:
