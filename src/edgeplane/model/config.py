@@ -1138,15 +1138,21 @@ class RateLimit(Model):
         return self
 
 
-def access_references(config: Any) -> list[str]:
-    """Cross-object checks of the access objects: names, and what actions refer to."""
+def duplicate_names(config: Any, kinds: tuple[str, ...]) -> list[str]:
+    """Each object of these kinds whose name an earlier one of its kind already has."""
     errors = []
-    for kind in ("auth_providers", "consumers", "rate_limits"):
+    for kind in kinds:
         seen: dict[str, int] = {}
         for index, item in enumerate(getattr(config, kind)):
             if item.name in seen:
                 errors.append(f"{kind}[{index}].name: {item.name!r} is already used by {kind}[{seen[item.name]}]")
             seen.setdefault(item.name, index)
+    return errors
+
+
+def access_references(config: Any) -> list[str]:
+    """Cross-object checks of the access objects: names, and what actions refer to."""
+    errors = duplicate_names(config, ("auth_providers", "consumers", "rate_limits"))
     providers = {p.name for p in config.auth_providers}
     limits = {r.name: r for r in config.rate_limits}
     upstreams = {u.name for u in config.upstreams}
@@ -1240,13 +1246,7 @@ class CanaryWeight(Model):
 
 def canary_references(config: Any) -> list[str]:
     """Cross-object checks of canaries: the partition, application, rule and upstreams they name."""
-    errors = []
-    for kind in ("canaries", "canary_weights"):
-        seen: dict[str, int] = {}
-        for index, item in enumerate(getattr(config, kind)):
-            if item.name in seen:
-                errors.append(f"{kind}[{index}].name: {item.name!r} is already used by {kind}[{seen[item.name]}]")
-            seen.setdefault(item.name, index)
+    errors = duplicate_names(config, ("canaries", "canary_weights"))
     upstreams = {u.name for u in config.upstreams}
     applications = {a.name: a for a in config.applications}
     for index, canary in enumerate(config.canaries):
@@ -1292,14 +1292,7 @@ class Config(Model):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        errors: list[str] = []
-        for kind in ("partitions", "clusters", "nodes", "upstreams", "certificates", "applications"):
-            seen: dict[str, int] = {}
-            for index, item in enumerate(getattr(self, kind)):
-                if item.name in seen:
-                    errors.append(f"{kind}[{index}].name: {item.name!r} is already used by "
-                                  f"{kind}[{seen[item.name]}]")
-                seen.setdefault(item.name, index)
+        errors = duplicate_names(self, ("partitions", "clusters", "nodes", "upstreams", "certificates", "applications"))
         partitions = {p.name for p in self.partitions}
         clusters = {c.name for c in self.clusters}
         upstreams = {u.name for u in self.upstreams}
