@@ -55,6 +55,15 @@ def shop(sdk, **spec) -> None:
     sdk.create("canaries", {**SPEC, **spec})
 
 
+def started(service, sdk, **spec) -> float:
+    """The shop with its canary released, and the controller's first tick (the start): its time."""
+    shop(sdk, **spec)
+    sdk.release()
+    now = time.time()
+    service.canaries.tick(now)
+    return now
+
+
 def report(service, at: float, canary: tuple[int, int], stable: tuple[int, int] = (100, 0), node: str = "n1",
            slow: bool = False) -> None:
     bucket = "1000.0" if slow else "12.4"
@@ -114,10 +123,7 @@ def test_a_step_releases_the_last_release_plus_the_weight_and_pending_changes_st
 
 def test_failed_checks_roll_back_with_the_figures_and_the_threshold_recorded(controlled):
     service, sdk = controlled
-    shop(sdk)
-    sdk.release()
-    now = time.time()
-    service.canaries.tick(now)
+    now = started(service, sdk)
     report(service, now + 5, (50, 10))
     service.canaries.tick(now + 10)
     report(service, now + 15, (50, 10))
@@ -139,10 +145,7 @@ def test_failed_checks_roll_back_with_the_figures_and_the_threshold_recorded(con
 
 def test_a_healthy_canary_advances_each_interval_and_is_promoted(controlled):
     service, sdk = controlled
-    shop(sdk, step_weight=20, max_weight=60)
-    sdk.release()
-    now = time.time()
-    service.canaries.tick(now)
+    now = started(service, sdk, step_weight=20, max_weight=60)
     weights = [weight(sdk)]
     for step in range(1, 5):
         report(service, now + step * 10 - 5, (30, 0))
@@ -156,10 +159,7 @@ def test_a_healthy_canary_advances_each_interval_and_is_promoted(controlled):
 
 def test_too_few_requests_wait_and_the_window_grows_until_there_are_enough(controlled):
     service, sdk = controlled
-    shop(sdk)
-    sdk.release()
-    now = time.time()
-    service.canaries.tick(now)
+    now = started(service, sdk)
     report(service, now + 5, (15, 0))
     service.canaries.tick(now + 10)
     wait = sdk.canary_decisions("orders")[0]
@@ -192,10 +192,7 @@ def test_missing_and_stale_nodes_are_named_in_the_decision(controlled):
 @BOTH
 def test_operators_pause_resume_promote_and_abort(controlled):
     service, sdk = controlled
-    shop(sdk)
-    sdk.release()
-    now = time.time()
-    service.canaries.tick(now)
+    now = started(service, sdk)
     assert sdk.pause_canary("orders", "looking at the dashboards")["run"]["phase"] == "paused"
     report(service, now + 5, (40, 0))
     service.canaries.tick(now + 30)
@@ -230,10 +227,7 @@ def test_a_release_the_controller_did_not_make_stops_the_run(controlled):
 
 def test_a_released_spec_change_starts_a_new_run(controlled):
     service, sdk = controlled
-    shop(sdk)
-    sdk.release()
-    now = time.time()
-    service.canaries.tick(now)
+    now = started(service, sdk)
     report(service, now + 5, (40, 0))
     service.canaries.tick(now + 10)
     assert weight(sdk) == 50
